@@ -1,0 +1,135 @@
+//! Node configuration: a typed struct read from `config.yaml` in the data dir. Every field has a
+//! default, so a node runs with no file at all; unknown keys are an error so typos do not pass silently.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Catalog name or path of the model `serve`, `run` and `chat` use when none is named.
+    pub default_model: String,
+    /// Address `serve` binds; localhost unless the operator says otherwise.
+    pub listen: String,
+    /// Inference threads; 0 means one per available core.
+    pub threads: usize,
+    /// Total KV cells shared by all sequences (the prefix-cache budget).
+    pub kv_cells: u32,
+    /// Longest prompt + completion one request may use.
+    pub context_per_request: u32,
+    /// Sequences decoded together in one batch.
+    pub parallel: u32,
+    /// Requests allowed to wait for a free sequence before new ones get 503.
+    pub queue_depth: usize,
+    /// Tokens per prefill batch (llama.cpp's n_batch).
+    pub batch_tokens: u32,
+    /// Layers offloaded to the GPU when built with the `cuda` feature.
+    pub gpu_layers: u32,
+    /// Bearer key required by the HTTP API when set.
+    pub api_key: Option<String>,
+    /// Hex ed25519 public keys; when non-empty, only models signed by one of them load.
+    pub trusted_keys: Vec<String>,
+    /// Embedding model served by `/v1/embeddings`.
+    pub embedding_model: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            default_model: "qwen2.5-coder-0.5b-instruct".into(),
+            listen: "127.0.0.1:8080".into(),
+            threads: 0,
+            kv_cells: 8192,
+            context_per_request: 4096,
+            parallel: 8,
+            queue_depth: 64,
+            batch_tokens: 512,
+            gpu_layers: 0,
+            api_key: None,
+            trusted_keys: Vec::new(),
+            embedding_model: "all-minilm-l6-v2".into(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads `path` if it exists; a missing file means defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// Threads to use: the configured count, else every available core.
+    pub fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let err =
+            NodeConfig::parse("listen: 127.0.0.1:1\nthreds: 2\n", Path::new("c.yaml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("config c.yaml:2:1:"), "{msg}");
+        assert!(msg.contains("threds"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let cfg = NodeConfig::parse("", Path::new("c.yaml")).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8080");
+    }
+}

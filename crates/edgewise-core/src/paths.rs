@@ -1,0 +1,51 @@
+//! The data directory layout. Every crate asks `DataDir` for a path instead of joining strings, so the
+//! layout is written down in exactly one place.
+
+use std::path::{Path, PathBuf};
+
+/// Root of everything Edgewise keeps on disk: `$EDGEWISE_HOME`, else `~/.local/share/edgewise`.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Resolves the data dir from the environment; falls back to `./.edgewise` when no home exists.
+    pub fn from_env() -> Self {
+        if let Some(dir) = std::env::var_os("EDGEWISE_HOME").filter(|v| !v.is_empty()) {
+            return Self::new(dir);
+        }
+        match dirs::data_dir() {
+            Some(d) => Self::new(d.join("edgewise")),
+            None => Self::new(".edgewise"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Verified model files and their manifests.
+    pub fn models(&self) -> PathBuf {
+        self.root.join("models")
+    }
+    /// Partial downloads, kept between runs so `pull` can resume.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+    /// Saved KV snapshots of named sessions.
+    pub fn sessions(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+    /// User catalog entries, merged over the built-in catalog.
+    pub fn catalog_file(&self) -> PathBuf {
+        self.root.join("catalog.yaml")
+    }
+    /// Node configuration.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.yaml")
+    }
+}

@@ -1,0 +1,191 @@
+//! Output constraints: compiling a `Constraint` for llguidance, and the tool-call grammar.
+//!
+//! Tool calls use the Hermes/Qwen format the default model was trained on:
+//! `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`. The grammar only admits names of
+//! declared tools and arguments valid under each tool's JSON schema, so the runtime owns parsing.
+
+use llguidance::api::TopLevelGrammar;
+use serde_json::{json, Value};
+
+use crate::Constraint;
+
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+
+/// How the model may use the declared tools (OpenAI's `tool_choice`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// Free text or one tool call.
+    Auto,
+    /// Exactly one call to any declared tool.
+    Required,
+    /// Exactly one call to this tool.
+    Named(String),
+}
+
+/// A declared tool: name and JSON schema of its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: Value,
+}
+
+impl ToolSpec {
+    /// Reads an OpenAI tool object (`{"type": "function", "function": {...}}`).
+    pub fn from_openai(tool: &Value) -> Result<Self, String> {
+        let f = tool.get("function").unwrap_or(tool);
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("tool without a function name")?;
+        if name.is_empty() {
+            return Err("tool with an empty name".into());
+        }
+        Ok(Self {
+            name: name.into(),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+            parameters: f
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"})),
+        })
+    }
+}
+
+pub(crate) fn to_grammar(c: &Constraint) -> TopLevelGrammar {
+    match c {
+        Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+        Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
+        Constraint::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+    }
+}
+
+/// The Lark grammar for tool use under `choice`.
+pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Constraint, String> {
+    let allowed: Vec<&ToolSpec> = match choice {
+        ToolChoice::Named(n) => {
+            let t = tools.iter().find(|t| &t.name == n).ok_or_else(|| {
+                format!("tool_choice names '{n}', which is not among the declared tools")
+            })?;
+            vec![t]
+        }
+        _ => tools.iter().collect(),
+    };
+    if allowed.is_empty() {
+        return Err("tool_choice requires a tool but no tools were declared".into());
+    }
+    let variants: Vec<Value> = allowed
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    let schema = if variants.len() == 1 {
+        variants[0].clone()
+    } else {
+        json!({"anyOf": variants})
+    };
+    let call = format!(
+        "call: \"{open}\\n\" body \"\\n{close}\"\nbody: %json {schema}\n",
+        open = TOOL_CALL_OPEN,
+        close = TOOL_CALL_CLOSE,
+        schema = schema
+    );
+    let start = match choice {
+        // Free text must not open with '<', so a reply is either all text or one well-formed call.
+        ToolChoice::Auto => "start: TEXT | call\nTEXT: /[^<](.|\\n)*/\n",
+        _ => "start: call\n",
+    };
+    Ok(Constraint::Lark(format!("{start}{call}")))
+}
+
+/// A parsed call found in generated text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// Splits generated text into leading content and tool calls. Malformed blocks stay in the content.
+pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(TOOL_CALL_OPEN) {
+        content.push_str(&rest[..start]);
+        let after = &rest[start + TOOL_CALL_OPEN.len()..];
+        let (body, next) = match after.find(TOOL_CALL_CLOSE) {
+            Some(end) => (&after[..end], &after[end + TOOL_CALL_CLOSE.len()..]),
+            None => (after, ""),
+        };
+        match serde_json::from_str::<Value>(body.trim()) {
+            Ok(v) if v.get("name").and_then(Value::as_str).is_some() => calls.push(ToolCall {
+                name: v["name"].as_str().unwrap_or_default().to_owned(),
+                arguments: v.get("arguments").cloned().unwrap_or_else(|| json!({})),
+            }),
+            _ => content.push_str(&rest[start..rest.len() - next.len()]),
+        }
+        rest = next;
+    }
+    content.push_str(rest);
+    (content.trim().to_owned(), calls)
+}
+
+/// A system-prompt description of tools for templates that do not render `tools` themselves.
+pub fn describe_tools_for_prompt(tools: &[ToolSpec]) -> String {
+    let mut s = String::from("You may call functions. Available functions:\n<tools>\n");
+    for t in tools {
+        s.push_str(&json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}).to_string());
+        s.push('\n');
+    }
+    s.push_str("</tools>\nTo call one, reply with <tool_call>\n{\"name\": <name>, \"arguments\": <args-json>}\n</tool_call>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_one_call_and_keeps_text_before_it() {
+        let (c, calls) = parse_tool_calls(
+            "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>",
+        );
+        assert_eq!(c, "Sure.");
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "f".into(),
+                arguments: json!({"x": 1})
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_call_stays_as_content() {
+        let (c, calls) = parse_tool_calls("<tool_call>{nope</tool_call>");
+        assert!(calls.is_empty());
+        assert!(c.contains("{nope"));
+    }
+
+    #[test]
+    fn named_choice_must_be_declared() {
+        let tools = vec![ToolSpec {
+            name: "a".into(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+        }];
+        assert!(tool_call_grammar(&tools, &ToolChoice::Named("b".into())).is_err());
+        assert!(tool_call_grammar(&tools, &ToolChoice::Required).is_ok());
+    }
+}

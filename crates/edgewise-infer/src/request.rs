@@ -1,0 +1,73 @@
+//! What callers send to the engine and what comes back.
+
+use edgewise_core::SamplingParams;
+use serde::Serialize;
+
+/// Output constraint, compiled by llguidance into a token mask.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    JsonSchema(serde_json::Value),
+    Regex(String),
+    Lark(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Fully rendered prompt (chat template already applied).
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub constraint: Option<Constraint>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            constraint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-generation token, stop sequence, or the grammar completed.
+    Stop,
+    /// `max_tokens` or the per-request context limit.
+    Length,
+}
+
+/// Per-request figures, reported when a generation ends.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens whose KV came from the prefix cache instead of being prefilled.
+    pub cached_tokens: u32,
+    /// Tokens appended by grammar fast-forward (no sampling step).
+    pub forced_tokens: u32,
+    pub queue_ms: f64,
+    /// Request admission to first generated token.
+    pub time_to_first_token_ms: f64,
+    pub generation_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// New text (whole UTF-8 characters; stop sequences already removed).
+    Delta(String),
+    Done(Completion),
+    Error(crate::InferError),
+}

@@ -1,0 +1,92 @@
+//! `/v1/embeddings`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::openai::parse_body;
+use crate::AppState;
+
+/// Inputs per request; larger batches should be split by the client.
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: Value,
+    encoding_format: Option<String>,
+}
+
+pub async fn embeddings(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: EmbeddingsBody = parse_body(&body)?;
+    let Some((name, embedder)) = state.embedder.clone() else {
+        return Err(ApiError::model_not_found(
+            &body.model,
+            &state.served_models(),
+        ));
+    };
+    if body.model != name {
+        return Err(ApiError::model_not_found(
+            &body.model,
+            &state.served_models(),
+        ));
+    }
+    let texts: Vec<String> = match &body.input {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "input must be a string or a non-empty array of strings",
+            )
+            .param("input"))
+        }
+    };
+    if texts.len() > MAX_INPUTS {
+        return Err(
+            ApiError::bad_request(format!("at most {MAX_INPUTS} inputs per request"))
+                .param("input"),
+        );
+    }
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown encoding_format '{other}' (float, base64)"
+            ))
+            .param("encoding_format"))
+        }
+    };
+    let chars: usize = texts.iter().map(|t| t.len()).sum();
+    let vectors = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    // Token counts are approximate here: the BERT tokenizer runs inside the embedder.
+    let tokens = chars / 4;
+    Ok(Json(
+        json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    ))
+}

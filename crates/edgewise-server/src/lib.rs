@@ -1,0 +1,170 @@
+//! The HTTP face of a node: an OpenAI-compatible API (existing clients just work), health and
+//! Prometheus metrics. Handlers translate requests; all inference happens in `edgewise-infer`.
+//!
+//! Invariants: binds what it is told (the CLI defaults to 127.0.0.1); every error body is OpenAI's
+//! error JSON; a client that disconnects cancels its generation.
+
+mod embeddings;
+mod error;
+mod metrics;
+mod openai;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edgewise_infer::{Embedder, Engine};
+use serde_json::json;
+
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+    pub(crate) context_per_request: u32,
+}
+
+/// Shared by all handlers behind one `Arc`.
+pub struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) embedder: Option<(String, Arc<Embedder>)>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) metrics: metrics::HttpMetrics,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    /// `context_per_request` is also the default `max_tokens`: generation stops at the context limit.
+    pub fn new(
+        engine: Engine,
+        embedder: Option<(String, Embedder)>,
+        api_key: Option<String>,
+        context_per_request: u32,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                embedder: embedder.map(|(n, e)| (n, Arc::new(e))),
+                api_key: api_key.filter(|k| !k.is_empty()),
+                metrics: metrics::HttpMetrics::default(),
+            }),
+            context_per_request,
+        }
+    }
+
+    fn served_models(&self) -> Vec<String> {
+        let mut v = vec![self.engine.info().name.clone()];
+        if let Some((n, _)) = &self.embedder {
+            v.push(n.clone());
+        }
+        v
+    }
+
+    pub(crate) fn check_chat_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.engine.info().name {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model, &self.served_models()))
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/health", get(health))
+        .fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::NOT_FOUND,
+                ..ApiError::bad_request("no such endpoint")
+            }
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(8 << 20))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(
+        json!({"status": "ok", "model": state.engine.info().name, "embedding_model": state.embedder.as_ref().map(|(n, _)| n)}),
+    )
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let data: Vec<_> = state
+        .served_models()
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "edgewise"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn serve(state: AppState, listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (is another server running there? pick one with --listen)"))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "edgewise serving {} on http://{addr} (OpenAI API at /v1)",
+        state.engine.info().name
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,117 @@
+//! Prometheus text exposition. A handful of counters and gauges do not justify a metrics registry
+//! crate; the format is written directly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+
+#[derive(Default)]
+pub struct HttpMetrics {
+    /// (route, status) → count
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "other".into());
+    let resp = next.run(req).await;
+    if let Ok(mut m) = state.metrics.requests.lock() {
+        *m.entry((route, resp.status().as_u16())).or_default() += 1;
+    }
+    resp
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let s = state.engine.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "edgewise_inference_requests_total",
+        "counter",
+        "Generation requests admitted to the engine.",
+        s.requests as f64,
+    );
+    metric(
+        "edgewise_prompt_tokens_total",
+        "counter",
+        "Prompt tokens received.",
+        s.prompt_tokens as f64,
+    );
+    metric(
+        "edgewise_prompt_tokens_cached_total",
+        "counter",
+        "Prompt tokens served from the prefix cache.",
+        s.cached_tokens as f64,
+    );
+    metric(
+        "edgewise_completion_tokens_total",
+        "counter",
+        "Tokens generated.",
+        s.completion_tokens as f64,
+    );
+    let tps = if s.generation_seconds > 0.0 {
+        s.completion_tokens as f64 / s.generation_seconds
+    } else {
+        0.0
+    };
+    metric(
+        "edgewise_generation_tokens_per_second",
+        "gauge",
+        "Generated tokens per second of request time, since start.",
+        tps,
+    );
+    let hit = if s.prompt_tokens > 0 {
+        s.cached_tokens as f64 / s.prompt_tokens as f64
+    } else {
+        0.0
+    };
+    metric(
+        "edgewise_prefix_cache_hit_ratio",
+        "gauge",
+        "Share of prompt tokens served from the prefix cache.",
+        hit,
+    );
+    metric(
+        "edgewise_queue_depth",
+        "gauge",
+        "Requests waiting for a free sequence.",
+        s.waiting as f64,
+    );
+    metric(
+        "edgewise_active_sequences",
+        "gauge",
+        "Sequences being decoded.",
+        s.active as f64,
+    );
+    let _ = writeln!(out, "# HELP edgewise_http_requests_total HTTP requests by route and status.\n# TYPE edgewise_http_requests_total counter");
+    if let Ok(m) = state.metrics.requests.lock() {
+        for ((route, status), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "edgewise_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,121 @@
+//! `edgewise`: the one binary. It only wires the library crates together and owns user-facing errors.
+
+mod bench;
+mod chat;
+mod models;
+mod node;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "edgewise",
+    version,
+    about = "Edge-native runtime for AI agents: local models, OpenAI-compatible API"
+)]
+struct Cli {
+    /// Data directory (models, downloads, sessions).
+    #[arg(long, global = true, env = "EDGEWISE_HOME")]
+    home: Option<PathBuf>,
+    /// Node config file [default: <home>/config.yaml].
+    #[arg(long, global = true, env = "EDGEWISE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a catalog model (resumable, sha256-verified).
+    Pull {
+        /// Catalog name [default: the node's default model].
+        name: Option<String>,
+    },
+    /// Manage installed models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Answer one prompt and exit, streaming the answer.
+    Run(chat::RunArgs),
+    /// Interactive chat that keeps the conversation history.
+    Chat(chat::ChatArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve {
+        /// Address to bind [default: the config's listen, 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Chat model to serve [default: the config's default_model].
+        #[arg(short, long)]
+        model: Option<String>,
+        /// Do not load the embedding model (then /v1/embeddings answers 404).
+        #[arg(long)]
+        no_embeddings: bool,
+    },
+    /// Measure prompt processing, generation, parallel and prefix-cache throughput.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let node = node::Node::open(cli.home, cli.config)?;
+    match cli.command {
+        Command::Pull { name } => models::pull(&node, name.as_deref()),
+        Command::Models(cmd) => models::run(&node, cmd),
+        Command::Run(args) => chat::run(&node, args),
+        Command::Chat(args) => chat::chat(&node, args),
+        Command::Serve {
+            listen,
+            model,
+            no_embeddings,
+        } => serve(&node, listen, model, no_embeddings),
+        Command::Bench(args) => bench::run(&node, args),
+    }
+}
+
+fn serve(
+    node: &node::Node,
+    listen: Option<String>,
+    model: Option<String>,
+    no_embeddings: bool,
+) -> Result<()> {
+    let engine = node.load_engine(model.as_deref(), |_| {})?;
+    let embedder = if no_embeddings {
+        None
+    } else {
+        let name = &node.config.embedding_model;
+        node.ensure_model(name)?;
+        let resolved = node.store.open_for_load(name, &node.config.trusted_keys)?;
+        Some((
+            name.clone(),
+            edgewise_infer::Embedder::load(&resolved.path)?,
+        ))
+    };
+    let listen = listen.unwrap_or_else(|| node.config.listen.clone());
+    let state = edgewise_server::AppState::new(
+        engine,
+        embedder,
+        node.config.api_key.clone(),
+        node.config.context_per_request,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(edgewise_server::serve(state, &listen))
+}
