@@ -102,8 +102,10 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
         schema = schema
     );
     let start = match choice {
-        // Free text must not open with '<', so a reply is either all text or one well-formed call.
-        ToolChoice::Auto => "start: TEXT | call\nTEXT: /[^<](.|\\n)*/\n",
+        // Free text may not open the way a call attempt does ('<', '{', a code fence, whitespace):
+        // small models often write a call as bare or fenced JSON, and this routes that intent through
+        // the validated call grammar instead of returning it as prose.
+        ToolChoice::Auto => "start: TEXT | call\nTEXT: /[^<{`\\s](.|\\n)*/\n",
         _ => "start: call\n",
     };
     Ok(Constraint::Lark(format!("{start}{call}")))

@@ -302,6 +302,7 @@ impl<'m> Scheduler<'m> {
                 self.slots[i].active = None;
                 self.touch(i);
                 self.release();
+                self.publish_gauges();
             }
         }
     }
@@ -560,11 +561,10 @@ impl<'m> Scheduler<'m> {
             }
             grammar_done = m.is_stopped();
             if !grammar_done {
-                // Tokens the grammar forces are appended without sampling (fast-forward).
-                let forced = m.consume_ff_tokens();
+                let forced = forced_tokens(model, m);
                 a.usage.forced_tokens += forced.len() as u32;
                 a.usage.completion_tokens += forced.len() as u32;
-                next.extend(forced.into_iter().map(|t| LlamaToken(t as i32)));
+                next.extend(forced);
                 grammar_done = m.is_stopped();
             }
         }
@@ -687,6 +687,23 @@ impl<'m> Scheduler<'m> {
                 })
             }
         }
+    }
+}
+
+/// Tokens the grammar forces next, appended without sampling (fast-forward). llguidance's own
+/// `compute_ff_tokens` is empty for the approximate token env built from a llama.cpp vocabulary, so
+/// the forced bytes are tokenized here and checked by the matcher. The last token is held back: it
+/// could merge with what the model writes next (e.g. `":"` before a value).
+fn forced_tokens(model: &LlamaModel, m: &mut Matcher) -> Vec<LlamaToken> {
+    let bytes = m.compute_ff_bytes();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    let toks = model.vocab().tokenize(&bytes, false, false);
+    let candidate: Vec<u32> = toks[..toks.len().saturating_sub(1)].iter().map(|t| t.0 as u32).collect();
+    match m.try_consume_tokens(&candidate) {
+        Ok(n) => candidate[..n].iter().map(|&t| LlamaToken(t as i32)).collect(),
+        Err(_) => Vec::new(),
     }
 }
 

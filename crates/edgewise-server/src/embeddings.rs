@@ -1,9 +1,13 @@
 //! `/v1/embeddings`.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
+use edgewise_infer::Embedder;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -13,6 +17,30 @@ use crate::AppState;
 
 /// Inputs per request; larger batches should be split by the client.
 const MAX_INPUTS: usize = 2048;
+
+/// The embedding model, loaded once on first use.
+pub struct LazyEmbedder {
+    pub name: String,
+    dir: PathBuf,
+    loaded: tokio::sync::OnceCell<Arc<Embedder>>,
+}
+
+impl LazyEmbedder {
+    pub fn new(name: String, dir: PathBuf) -> Self {
+        Self { name, dir, loaded: tokio::sync::OnceCell::new() }
+    }
+
+    async fn get(&self) -> Result<Arc<Embedder>, ApiError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let dir = self.dir.clone();
+                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir)).await.map_err(|e| ApiError::internal(e.to_string()))??;
+                Ok::<_, ApiError>(Arc::new(e))
+            })
+            .await
+            .cloned()
+    }
+}
 
 #[derive(Deserialize)]
 struct EmbeddingsBody {
@@ -26,18 +54,10 @@ pub async fn embeddings(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body: EmbeddingsBody = parse_body(&body)?;
-    let Some((name, embedder)) = state.embedder.clone() else {
-        return Err(ApiError::model_not_found(
-            &body.model,
-            &state.served_models(),
-        ));
+    let Some(lazy) = state.embedder.as_ref().filter(|e| e.name == body.model) else {
+        return Err(ApiError::model_not_found(&body.model, &state.served_models()));
     };
-    if body.model != name {
-        return Err(ApiError::model_not_found(
-            &body.model,
-            &state.served_models(),
-        ));
-    }
+    let name = lazy.name.clone();
     let texts: Vec<String> = match &body.input {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => a
@@ -68,6 +88,7 @@ pub async fn embeddings(
         }
     };
     let chars: usize = texts.iter().map(|t| t.len()).sum();
+    let embedder = lazy.get().await?;
     let vectors = tokio::task::spawn_blocking(move || embedder.embed(&texts))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;

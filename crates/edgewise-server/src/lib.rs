@@ -17,7 +17,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use edgewise_infer::{Embedder, Engine};
+use std::path::PathBuf;
+
+use edgewise_infer::Engine;
 use serde_json::json;
 
 pub use error::ApiError;
@@ -31,7 +33,7 @@ pub struct AppState {
 /// Shared by all handlers behind one `Arc`.
 pub struct Inner {
     pub(crate) engine: Engine,
-    pub(crate) embedder: Option<(String, Arc<Embedder>)>,
+    pub(crate) embedder: Option<embeddings::LazyEmbedder>,
     pub(crate) api_key: Option<String>,
     pub(crate) metrics: metrics::HttpMetrics,
 }
@@ -47,14 +49,14 @@ impl AppState {
     /// `context_per_request` is also the default `max_tokens`: generation stops at the context limit.
     pub fn new(
         engine: Engine,
-        embedder: Option<(String, Embedder)>,
+        embedder: Option<(String, PathBuf)>,
         api_key: Option<String>,
         context_per_request: u32,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                embedder: embedder.map(|(n, e)| (n, Arc::new(e))),
+                embedder: embedder.map(|(name, dir)| embeddings::LazyEmbedder::new(name, dir)),
                 api_key: api_key.filter(|k| !k.is_empty()),
                 metrics: metrics::HttpMetrics::default(),
             }),
@@ -64,8 +66,8 @@ impl AppState {
 
     fn served_models(&self) -> Vec<String> {
         let mut v = vec![self.engine.info().name.clone()];
-        if let Some((n, _)) = &self.embedder {
-            v.push(n.clone());
+        if let Some(e) = &self.embedder {
+            v.push(e.name.clone());
         }
         v
     }
@@ -124,7 +126,7 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(
-        json!({"status": "ok", "model": state.engine.info().name, "embedding_model": state.embedder.as_ref().map(|(n, _)| n)}),
+        json!({"status": "ok", "model": state.engine.info().name, "embedding_model": state.embedder.as_ref().map(|e| &e.name)}),
     )
 }
 

@@ -103,7 +103,7 @@ fn serve(
         let resolved = node.store.open_for_load(name, &node.config.trusted_keys)?;
         Some((
             name.clone(),
-            edgewise_infer::Embedder::load(&resolved.path)?,
+            resolved.path,
         ))
     };
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
