@@ -15,6 +15,8 @@ pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
 /// How the model may use the declared tools (OpenAI's `tool_choice`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolChoice {
+    /// Tools are declared (the model knows them) but it must answer in text.
+    None,
     /// Free text or one tool call.
     Auto,
     /// Exactly one call to any declared tool.
@@ -65,8 +67,16 @@ pub(crate) fn to_grammar(c: &Constraint) -> TopLevelGrammar {
     }
 }
 
+/// Free text that cannot open the way a call attempt does ('<', '{', a code fence, whitespace):
+/// small models often write a call as bare or fenced JSON, and this routes that intent through the
+/// validated call grammar (or, under `ToolChoice::None`, away from calls entirely).
+const TEXT_RULE: &str = "TEXT: /[^<{`\\s](.|\\n)*/\n";
+
 /// The Lark grammar for tool use under `choice`.
 pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Constraint, String> {
+    if *choice == ToolChoice::None {
+        return Ok(Constraint::Lark(format!("start: TEXT\n{TEXT_RULE}")));
+    }
     let allowed: Vec<&ToolSpec> = match choice {
         ToolChoice::Named(n) => {
             let t = tools.iter().find(|t| &t.name == n).ok_or_else(|| {
@@ -102,11 +112,8 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
         schema = schema
     );
     let start = match choice {
-        // Free text may not open the way a call attempt does ('<', '{', a code fence, whitespace):
-        // small models often write a call as bare or fenced JSON, and this routes that intent through
-        // the validated call grammar instead of returning it as prose.
-        ToolChoice::Auto => "start: TEXT | call\nTEXT: /[^<{`\\s](.|\\n)*/\n",
-        _ => "start: call\n",
+        ToolChoice::Auto => format!("start: TEXT | call\n{TEXT_RULE}"),
+        _ => "start: call\n".to_owned(),
     };
     Ok(Constraint::Lark(format!("{start}{call}")))
 }

@@ -700,9 +700,15 @@ fn forced_tokens(model: &LlamaModel, m: &mut Matcher) -> Vec<LlamaToken> {
         return Vec::new();
     }
     let toks = model.vocab().tokenize(&bytes, false, false);
-    let candidate: Vec<u32> = toks[..toks.len().saturating_sub(1)].iter().map(|t| t.0 as u32).collect();
+    let candidate: Vec<u32> = toks[..toks.len().saturating_sub(1)]
+        .iter()
+        .map(|t| t.0 as u32)
+        .collect();
     match m.try_consume_tokens(&candidate) {
-        Ok(n) => candidate[..n].iter().map(|&t| LlamaToken(t as i32)).collect(),
+        Ok(n) => candidate[..n]
+            .iter()
+            .map(|&t| LlamaToken(t as i32))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -27,14 +27,20 @@ pub struct LazyEmbedder {
 
 impl LazyEmbedder {
     pub fn new(name: String, dir: PathBuf) -> Self {
-        Self { name, dir, loaded: tokio::sync::OnceCell::new() }
+        Self {
+            name,
+            dir,
+            loaded: tokio::sync::OnceCell::new(),
+        }
     }
 
     async fn get(&self) -> Result<Arc<Embedder>, ApiError> {
         self.loaded
             .get_or_try_init(|| async {
                 let dir = self.dir.clone();
-                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir)).await.map_err(|e| ApiError::internal(e.to_string()))??;
+                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))??;
                 Ok::<_, ApiError>(Arc::new(e))
             })
             .await
@@ -55,7 +61,10 @@ pub async fn embeddings(
 ) -> Result<Json<Value>, ApiError> {
     let body: EmbeddingsBody = parse_body(&body)?;
     let Some(lazy) = state.embedder.as_ref().filter(|e| e.name == body.model) else {
-        return Err(ApiError::model_not_found(&body.model, &state.served_models()));
+        return Err(ApiError::model_not_found(
+            &body.model,
+            &state.served_models(),
+        ));
     };
     let name = lazy.name.clone();
     let texts: Vec<String> = match &body.input {

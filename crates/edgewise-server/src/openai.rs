@@ -161,7 +161,7 @@ fn tool_choice(v: Option<&Value>) -> Result<Option<ToolChoice>, ApiError> {
     match v {
         None => Ok(Some(ToolChoice::Auto)),
         Some(Value::String(s)) => match s.as_str() {
-            "none" => Ok(None),
+            "none" => Ok(Some(ToolChoice::None)),
             "auto" => Ok(Some(ToolChoice::Auto)),
             "required" => Ok(Some(ToolChoice::Required)),
             other => Err(bad(format!(

@@ -101,10 +101,7 @@ fn serve(
         let name = &node.config.embedding_model;
         node.ensure_model(name)?;
         let resolved = node.store.open_for_load(name, &node.config.trusted_keys)?;
-        Some((
-            name.clone(),
-            resolved.path,
-        ))
+        Some((name.clone(), resolved.path))
     };
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
     let state = edgewise_server::AppState::new(

@@ -15,7 +15,10 @@ pub fn model_path(name: &str) -> PathBuf {
     let store = edgewise_models::ModelStore::open(DataDir::from_env()).expect("open model store");
     match store.resolve(name) {
         Ok(m) => m.path,
-        Err(e) => panic!("model tests need the pulled models ({e}); run `make models` (EDGEWISE_HOME={})", DataDir::from_env().root().display()),
+        Err(e) => panic!(
+            "model tests need the pulled models ({e}); run `make models` (EDGEWISE_HOME={})",
+            DataDir::from_env().root().display()
+        ),
     }
 }
 
@@ -38,7 +41,10 @@ pub fn chat_prompt(engine: &Engine, system: Option<&str>, user: &str) -> String 
         messages.push(json!({"role": "system", "content": s}));
     }
     messages.push(json!({"role": "user", "content": user}));
-    engine.template().render(&messages, None, true).expect("render")
+    engine
+        .template()
+        .render(&messages, None, true)
+        .expect("render")
 }
 
 pub fn greedy(prompt: String, max_tokens: u32) -> GenerateRequest {
