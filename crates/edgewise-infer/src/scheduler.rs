@@ -428,6 +428,13 @@ impl<'m> Scheduler<'m> {
             self.stats
                 .cached_tokens
                 .fetch_add(reuse as u64, Ordering::Relaxed);
+            tracing::debug!(
+                seq = self.slots[target].seq,
+                prompt_tokens = w.tokens.len(),
+                cached_tokens = reuse,
+                reservation,
+                "request admitted"
+            );
             let mut sampler = build_sampler(&w.req.sampling, self.model.n_vocab());
             // Penalties look at recent context, prompt included, as llama.cpp's own sampler does.
             sampler.accept_many(w.tokens.iter());
@@ -597,6 +604,7 @@ impl<'m> Scheduler<'m> {
         };
         self.touch(i);
         self.release();
+        self.publish_gauges();
         match outcome {
             Err(e) => {
                 let _ = a.events.send(Event::Error(e));
@@ -608,6 +616,15 @@ impl<'m> Scheduler<'m> {
                 }
                 let gen_ms = ms(a.admitted_at.elapsed());
                 a.usage.generation_ms = gen_ms;
+                tracing::debug!(
+                    seq = self.slots[i].seq,
+                    completion_tokens = a.usage.completion_tokens,
+                    forced_tokens = a.usage.forced_tokens,
+                    ttft_ms = a.usage.time_to_first_token_ms,
+                    total_ms = gen_ms,
+                    ?reason,
+                    "request finished"
+                );
                 self.stats
                     .completion_tokens
                     .fetch_add(a.usage.completion_tokens as u64, Ordering::Relaxed);

@@ -153,6 +153,25 @@ pub fn chat(node: &Node, args: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let (verb, name) = cmd.split_once(' ').unwrap_or((cmd, ""));
+            let result = match verb {
+                "save" => save_session(node, &engine, &messages, name.trim()),
+                "load" => load_session(node, &engine, name.trim()).map(|m| {
+                    let n = m.len();
+                    messages = m;
+                    format!("restored {n} messages")
+                }),
+                _ => Err(anyhow::anyhow!(
+                    "unknown command /{verb}: use /save NAME, /load NAME, /clear or /exit"
+                )),
+            };
+            match result {
+                Ok(msg) => eprintln!("{msg}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+            continue;
+        }
         messages.push(json!({"role": "user", "content": line}));
         match reply(&engine, &args.sampling, &messages, false) {
             Ok(text) => messages.push(json!({"role": "assistant", "content": text})),
@@ -162,4 +181,45 @@ pub fn chat(node: &Node, args: ChatArgs) -> Result<()> {
             }
         }
     }
+}
+
+fn session_paths(node: &Node, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || name.starts_with('.')
+    {
+        bail!("session name '{name}': use letters, digits, '.', '-' and '_'");
+    }
+    let dir = node.data.sessions();
+    Ok((
+        dir.join(format!("{name}.kv")),
+        dir.join(format!("{name}.json")),
+    ))
+}
+
+/// Saves the conversation and its KV state, so `/load` resumes without prefilling the history again.
+fn save_session(node: &Node, engine: &Engine, messages: &[Value], name: &str) -> Result<String> {
+    let (kv, history) = session_paths(node, name)?;
+    if messages.is_empty() {
+        bail!("nothing to save yet");
+    }
+    let prompt = engine.template().render(messages, None, false)?;
+    let tokens = engine.save_session(&prompt, &kv)?;
+    std::fs::write(&history, serde_json::to_string_pretty(messages)?)?;
+    Ok(format!(
+        "saved {} messages and {tokens} tokens of KV to {}",
+        messages.len(),
+        kv.display()
+    ))
+}
+
+fn load_session(node: &Node, engine: &Engine, name: &str) -> Result<Vec<Value>> {
+    let (kv, history) = session_paths(node, name)?;
+    let text = std::fs::read_to_string(&history)
+        .map_err(|e| anyhow::anyhow!("no saved session '{name}' ({}: {e})", history.display()))?;
+    let messages: Vec<Value> = serde_json::from_str(&text)?;
+    engine.restore_session(&kv)?;
+    Ok(messages)
 }

@@ -448,3 +448,77 @@ fn truncated_gguf_unknown_model_and_bad_signatures_are_clear_errors() {
         "{msg}"
     );
 }
+
+#[test]
+fn chat_session_saved_in_one_process_is_resumed_in_another() {
+    let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let models = models_home();
+    let home = tempfile::tempdir().unwrap();
+    // A separate home (for the sessions dir) that reuses the pulled model through a symlink.
+    std::fs::create_dir_all(home.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(
+        models.join("models/qwen2.5-coder-0.5b-instruct"),
+        home.path().join("models/qwen2.5-coder-0.5b-instruct"),
+    )
+    .unwrap();
+    let chat = |input: &str| {
+        let mut child = bin()
+            .env("EDGEWISE_HOME", home.path())
+            .args(["chat", "--temperature", "0", "--max-tokens", "24"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, err) = chat("My name is Ada and I run pump 7. Reply OK.\n/save plant\n/exit\n");
+    assert!(err.contains("saved 2 messages"), "{err}");
+    assert!(home.path().join("sessions/plant.kv").exists());
+    let (out, err) = chat("/load plant\nWhat is my name? Answer with the name only.\n");
+    assert!(err.contains("restored 2 messages"), "{err}");
+    assert!(
+        out.contains("Ada"),
+        "the resumed chat must remember the saved history: {out}"
+    );
+    let (_, err) = chat("/load ../etc\n/load missing\n");
+    assert!(
+        err.contains("session name '../etc'") && err.contains("no saved session 'missing'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn api_key_is_required_when_configured() {
+    let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let home = models_home();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "api_key: s3cret\nkv_cells: 4096\nparallel: 2\n").unwrap();
+    let server = Server::start(&home, Some(&config), &["--no-embeddings"]);
+    let (status, _, body) = http(server.port, "GET", "/v1/models", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_api_key"));
+    let (status, _, _) = http(server.port, "GET", "/health", "");
+    assert_eq!(status, 200, "health stays open for liveness probes");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+}
