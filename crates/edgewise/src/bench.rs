@@ -149,7 +149,7 @@ pub fn run(node: &Node, a: BenchArgs) -> Result<()> {
         let sentence =
             "The pump in zone four reports pressure, temperature and flow every second. ";
         let per = engine.count_tokens(sentence)?.max(1);
-        let doc = sentence.repeat(a.prefix / per);
+        let doc = sentence.repeat(a.prefix.div_ceil(per));
         let prompt = |q: &str| {
             format!("<|im_start|>system\n{doc}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
         };

@@ -93,6 +93,23 @@ impl Server {
     }
 }
 
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A chat-only server with the given node config (YAML); the temp dir holds the config file.
+fn server_with_config(yaml: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let server = Server::start(&models_home(), Some(&config), &["--no-embeddings"]);
+    (dir, server)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -129,11 +146,7 @@ fn run_answers_17_plus_25_with_42() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }
 
@@ -216,11 +229,8 @@ fn openai_client_works_against_serve() {
 #[test]
 fn full_queue_answers_503_with_retry_after_and_never_hangs() {
     let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let home = models_home();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, "parallel: 1\nqueue_depth: 1\nkv_cells: 4096\n").unwrap();
-    let server = Arc::new(Server::start(&home, Some(&config), &["--no-embeddings"]));
+    let (_dir, server) = server_with_config("parallel: 1\nqueue_depth: 1\nkv_cells: 4096\n");
+    let server = Arc::new(server);
     let body = r#"{"model":"qwen2.5-coder-0.5b-instruct","max_tokens":48,"messages":[{"role":"user","content":"Write a story about a pump."}]}"#;
     let start = Instant::now();
     let handles: Vec<_> = (0..6)
@@ -290,6 +300,20 @@ fn tiny_gguf() -> Vec<u8> {
     edgewise_models::gguf::write_fixture(&[("general.architecture", "llama")], &[("w", 4096)])
 }
 
+/// `edgewise pull tiny` with a user catalog entry pointing at the loopback file server.
+fn pull_tiny(home: &Path, port: u16, sha: &str, size: usize) -> std::process::Output {
+    std::fs::write(
+        home.join("catalog.yaml"),
+        catalog_entry("tiny", port, sha, size),
+    )
+    .unwrap();
+    bin()
+        .env("EDGEWISE_HOME", home)
+        .args(["pull", "tiny"])
+        .output()
+        .unwrap()
+}
+
 fn catalog_entry(name: &str, port: u16, sha: &str, size: usize) -> String {
     format!("- name: {name}\n  architecture: llama\n  format: gguf\n  size: {size}\n  sha256: {sha}\n  sources:\n    - url: http://127.0.0.1:{port}/model.gguf\n")
 }
@@ -300,21 +324,8 @@ fn pull_resumes_an_interrupted_download_and_verifies_it() {
     let bytes = tiny_gguf();
     let sha = hex::encode(sha2::Sha256::digest(&bytes));
     let (port, ranged) = file_server(bytes.clone());
-    std::fs::write(
-        home.path().join("catalog.yaml"),
-        catalog_entry("tiny", port, &sha, bytes.len()),
-    )
-    .unwrap();
-    let out = bin()
-        .env("EDGEWISE_HOME", home.path())
-        .args(["pull", "tiny"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = pull_tiny(home.path(), port, &sha, bytes.len());
+    assert_success(&out);
     assert!(
         ranged.load(Ordering::SeqCst) >= 1,
         "the second attempt must resume with a Range request"
@@ -336,16 +347,7 @@ fn pull_with_wrong_hash_is_refused_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
     let bytes = tiny_gguf();
     let (port, _) = file_server(bytes.clone());
-    std::fs::write(
-        home.path().join("catalog.yaml"),
-        catalog_entry("tiny", port, &"ab".repeat(32), bytes.len()),
-    )
-    .unwrap();
-    let out = bin()
-        .env("EDGEWISE_HOME", home.path())
-        .args(["pull", "tiny"])
-        .output()
-        .unwrap();
+    let out = pull_tiny(home.path(), port, &"ab".repeat(32), bytes.len());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("sha256 mismatch for tiny"), "{err}");
@@ -408,45 +410,37 @@ fn truncated_gguf_unknown_model_and_bad_signatures_are_clear_errors() {
     )
     .unwrap();
 
+    let sign_with = |key: &str| {
+        assert!(
+            run(&[
+                "models",
+                "sign",
+                "good",
+                "--key",
+                h.join(key).to_str().unwrap()
+            ])
+            .0
+        )
+    };
     let (ok, msg) = run(&["run", "-m", "good", "hi"]);
     assert!(!ok && msg.contains("unsigned"), "{msg}");
-    assert!(
-        run(&[
-            "models",
-            "sign",
-            "good",
-            "--key",
-            h.join("k2").to_str().unwrap()
-        ])
-        .0
-    );
+    sign_with("k2");
     let (ok, msg) = run(&["run", "-m", "good", "hi"]);
     assert!(
         !ok && msg.contains("not among the node's trusted_keys"),
         "{msg}"
     );
     // Signed by the trusted key, then the manifest is altered: the signature no longer matches.
-    assert!(
-        run(&[
-            "models",
-            "sign",
-            "good",
-            "--key",
-            h.join("k1").to_str().unwrap()
-        ])
-        .0
-    );
+    sign_with("k1");
     let manifest = h.join("models/good/manifest.json");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("\"name\": \"good\"", "\"name\": \"good\"")
-        .replace("\"size\": ", "\"size\": 1");
-    std::fs::write(&manifest, text).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let sha = m["sha256"].as_str().unwrap().to_owned();
+    let flipped = if sha.starts_with('0') { "1" } else { "0" };
+    m["sha256"] = serde_json::json!(format!("{flipped}{}", &sha[1..]));
+    std::fs::write(&manifest, m.to_string()).unwrap();
     let (ok, msg) = run(&["run", "-m", "good", "hi"]);
-    assert!(
-        !ok && (msg.contains("does not match the manifest") || msg.contains("size mismatch")),
-        "{msg}"
-    );
+    assert!(!ok && msg.contains("does not match the manifest"), "{msg}");
 }
 
 #[test]
@@ -506,11 +500,7 @@ fn chat_session_saved_in_one_process_is_resumed_in_another() {
 #[test]
 fn api_key_is_required_when_configured() {
     let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let home = models_home();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, "api_key: s3cret\nkv_cells: 4096\nparallel: 2\n").unwrap();
-    let server = Server::start(&home, Some(&config), &["--no-embeddings"]);
+    let (_dir, server) = server_with_config("api_key: s3cret\nkv_cells: 4096\nparallel: 2\n");
     let (status, _, body) = http(server.port, "GET", "/v1/models", "");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("invalid_api_key"));
