@@ -69,18 +69,30 @@ impl Embedder {
 
     /// Embeds `texts` in batches; each vector has `dimension()` floats and unit length.
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, InferError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(BATCH) {
-            out.extend(self.embed_batch(chunk)?);
-        }
-        Ok(out)
+        Ok(self.embed_counting(texts)?.0)
     }
 
-    fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, InferError> {
+    /// Like `embed`, also returning how many tokens the inputs were (after truncation).
+    pub fn embed_counting(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), InferError> {
+        let mut out = Vec::with_capacity(texts.len());
+        let mut tokens = 0;
+        for chunk in texts.chunks(BATCH) {
+            let (vectors, n) = self.embed_batch(chunk)?;
+            out.extend(vectors);
+            tokens += n;
+        }
+        Ok((out, tokens))
+    }
+
+    fn embed_batch(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), InferError> {
         let enc = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(err)?;
+        let tokens = enc
+            .iter()
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+            .sum();
         let ids: Vec<Tensor> = enc
             .iter()
             .map(|e| Tensor::new(e.get_ids(), &self.device))
@@ -113,6 +125,6 @@ impl Embedder {
             .clamp(1e-12, f64::MAX)
             .map_err(err)?;
         let unit = mean.broadcast_div(&norm).map_err(err)?;
-        unit.to_vec2::<f32>().map_err(err)
+        Ok((unit.to_vec2::<f32>().map_err(err)?, tokens))
     }
 }

@@ -96,9 +96,8 @@ pub async fn embeddings(
             .param("encoding_format"))
         }
     };
-    let chars: usize = texts.iter().map(|t| t.len()).sum();
     let embedder = lazy.get().await?;
-    let vectors = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed_counting(&texts))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let data: Vec<Value> = vectors
@@ -114,8 +113,6 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    // Token counts are approximate here: the BERT tokenizer runs inside the embedder.
-    let tokens = chars / 4;
     Ok(Json(
         json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
     ))

@@ -58,6 +58,8 @@ check(set(obj) == {"name", "country"}, f"response_format json_schema gives valid
 
 e = client.embeddings.create(model=embed_model, input=["pump pressure high", "valve open"])
 check(len(e.data) == 2 and all(len(d.embedding) == 384 for d in e.data), "embeddings: 2 x 384 floats")
+# [CLS] pump pressure high [SEP] + [CLS] valve open [SEP]: the tokenizer's count, not an estimate.
+check(e.usage.prompt_tokens == 9, f"embedding usage counts BERT tokens ({e.usage.prompt_tokens})")
 
 c = client.completions.create(model=chat_model, prompt="1, 2, 3, 4,", max_tokens=4, temperature=0)
 check(c.choices[0].text.strip().startswith("5"), f"text completion continues ({c.choices[0].text!r})")
