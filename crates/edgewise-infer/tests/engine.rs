@@ -242,28 +242,22 @@ fn max_tokens_ends_with_length() {
 #[test]
 fn dropping_the_receiver_cancels_the_request() {
     let e = Engine::load(config(CHAT_MODEL)).unwrap();
-    let mut rx = e
-        .submit(greedy(
-            chat_prompt(&e, None, "Write a very long story."),
-            2000,
-        ))
-        .unwrap();
+    // The schema forces at least 1000 numbers, so the request cannot end early on its own.
+    let mut long = greedy(chat_prompt(&e, None, "List numbers."), 2000);
+    long.constraint = Some(Constraint::JsonSchema(
+        json!({"type": "array", "items": {"type": "integer"}, "minItems": 1000}),
+    ));
+    let mut rx = e.submit(long).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(Event::Delta(_))));
     drop(rx);
-    // The engine keeps serving; the cancelled sequence does not run to 2000 tokens.
-    let t = std::time::Instant::now();
+    // The engine keeps serving, and the cancelled sequence (~40 s of work) is gone once this short
+    // request is done.
     let c = e
         .generate_blocking(greedy(chat_prompt(&e, None, "Say hi."), 8), |_| {})
         .unwrap();
     assert!(!c.text.is_empty());
     let stats = e.stats();
     assert_eq!(stats.active, 0, "cancelled request still active");
-    assert!(
-        stats.completion_tokens < 500,
-        "cancelled request kept generating ({} tokens, {:?})",
-        stats.completion_tokens,
-        t.elapsed()
-    );
 }
 
 #[test]

@@ -512,3 +512,39 @@ fn api_key_is_required_when_configured() {
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
 }
+
+#[test]
+fn client_disconnect_mid_stream_cancels_generation() {
+    let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, server) = server_with_config("kv_cells: 4096\nparallel: 2\n");
+    // The schema forces at least 1000 numbers, so the answer cannot end early on its own.
+    let body = r#"{"model":"qwen2.5-coder-0.5b-instruct","stream":true,"max_tokens":2000,"messages":[{"role":"user","content":"List numbers."}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"array","items":{"type":"integer"},"minItems":1000}}}}"#;
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // The socket closes here, a few tokens into a 2000-token answer.
+    }
+    let active = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edgewise_active_sequences "))
+            .map(|v| v.trim().to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, metrics) = http(server.port, "GET", "/metrics", "");
+        // 2000 tokens take ~40 s here, so reaching 0 within 10 s means the generation was cancelled.
+        if active(&metrics).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation still active 10 s after the client disconnected:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
