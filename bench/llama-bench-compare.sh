@@ -54,25 +54,38 @@ CMAKE
 fi
 
 out=$(mktemp -d)
-"$work/build/llama-bench/llama-bench" -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 5 -o json > "$out/llama.json"
+# The two tools alternate for several rounds and the medians are compared: on a shared machine one
+# sample of each can differ by 10% from noise alone.
+ROUNDS=${EDGEWISE_BENCH_ROUNDS:-3}
+for r in $(seq 1 "$ROUNDS"); do
+  "$work/build/llama-bench/llama-bench" -m "$MODEL" -p 512 -n 128 -t "$THREADS" -r 5 -o json > "$out/llama.$r.json"
+  "$BIN" bench -m "$MODEL_NAME" --pp 512 --tg 128 --threads "$THREADS" --parallel 1 --prefix 0 --json > "$out/edgewise.$r.json"
+done
 # llama.cpp's own parallel-generation figure (decode only, no sampling): aggregate tg at 1 and 4 sequences.
 "$work/build/batched-bench/llama-batched-bench" -m "$MODEL" -c 4096 -b 512 -ub 512 -npp 32 -ntg 128 -npl 1,4 -t "$THREADS" \
   --output-format jsonl 2>/dev/null | grep '^{' > "$out/batched.jsonl"
-"$BIN" bench -m "$MODEL_NAME" --pp 512 --tg 128 --threads "$THREADS" --parallel 4 --prefix 1000 --json > "$out/edgewise.json"
-python3 - "$out/llama.json" "$out/edgewise.json" "$out/batched.jsonl" <<'PY'
-import json, sys
-llama = json.load(open(sys.argv[1])); ew = json.load(open(sys.argv[2]))
-batched = {r["pl"]: r["speed_tg"] for r in map(json.loads, open(sys.argv[3]))}
-pp = next(r for r in llama if r["n_prompt"] > 0 and r["n_gen"] == 0)["avg_ts"]
-tg = next(r for r in llama if r["n_gen"] > 0 and r["n_prompt"] == 0)["avg_ts"]
-print(f"{'figure':<36}{'llama-bench':>12}{'edgewise':>12}{'ratio':>8}")
-print(f"{'pp512 tokens/s':<36}{pp:>12.1f}{ew['pp_tokens_per_s']:>12.1f}{ew['pp_tokens_per_s']/pp:>8.3f}")
-print(f"{'tg128 tokens/s':<36}{tg:>12.1f}{ew['tg_tokens_per_s']:>12.1f}{ew['tg_tokens_per_s']/tg:>8.3f}")
+"$BIN" bench -m "$MODEL_NAME" --pp 16 --tg 128 --threads "$THREADS" --parallel 4 --prefix 1000 --reps 1 --json > "$out/edgewise.json"
+python3 - "$out" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+ew = json.load(open(f"{out}/edgewise.json"))
+batched = {r["pl"]: r["speed_tg"] for r in map(json.loads, open(f"{out}/batched.jsonl"))}
+rows = {"pp": [], "tg": []}
+for r in range(1, rounds + 1):
+    llama = json.load(open(f"{out}/llama.{r}.json")); mine = json.load(open(f"{out}/edgewise.{r}.json"))
+    pp = next(x for x in llama if x["n_prompt"] > 0 and x["n_gen"] == 0)["avg_ts"]
+    tg = next(x for x in llama if x["n_gen"] > 0 and x["n_prompt"] == 0)["avg_ts"]
+    rows["pp"].append((pp, mine["pp_tokens_per_s"])); rows["tg"].append((tg, mine["tg_tokens_per_s"]))
+print(f"{'figure (median of %d rounds)' % rounds:<36}{'llama-bench':>12}{'edgewise':>12}{'ratio':>8}   per-round ratios")
+for name, label in (("pp", "pp512 tokens/s"), ("tg", "tg128 tokens/s")):
+    theirs = statistics.median(a for a, _ in rows[name]); ours = statistics.median(b for _, b in rows[name])
+    per_round = " ".join(f"{b / a:.3f}" for a, b in rows[name])
+    print(f"{label:<36}{theirs:>12.1f}{ours:>12.1f}{ours / theirs:>8.3f}   {per_round}")
 if ew.get("parallel_speedup"):
     print(f"{'edgewise tg: 4 streams vs 1 (t/s)':<36}{ew['single_stream_tokens_per_s']:>12.1f}{ew['parallel_aggregate_tokens_per_s']:>12.1f}{ew['parallel_speedup']:>8.2f}")
 if 1 in batched and 4 in batched:
     print(f"{'llama-batched-bench tg: 4 vs 1 (t/s)':<36}{batched[1]:>12.1f}{batched[4]:>12.1f}{batched[4]/batched[1]:>8.2f}")
 if ew.get("prefix_ttft_ratio"):
     print(f"{'TTFT ms, 1000-token prefix cold/warm':<36}{ew['prefix_cold_ttft_ms']:>12.0f}{ew['prefix_warm_ttft_ms']:>12.0f}{ew['prefix_ttft_ratio']:>8.3f}")
-print(json.dumps({"llama_bench": {"pp512": pp, "tg128": tg}, "llama_batched_bench_speed_tg": batched, "edgewise": ew}))
+print(json.dumps({"rounds": rows, "llama_batched_bench_speed_tg": batched, "edgewise_serving": ew}))
 PY
