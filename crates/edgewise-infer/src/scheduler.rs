@@ -325,13 +325,35 @@ impl<'m> Scheduler<'m> {
             .sum()
     }
 
+    /// The least recently used slot without a running request, preferring empty ones.
+    fn lru_free_slot(&self) -> Option<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].active.is_none())
+            .min_by_key(|&i| (!self.slots[i].cached.is_empty(), self.slots[i].last_used))
+    }
+
+    /// Evicts idle caches other than `keep`'s, least recently used first, until `needed` more cells
+    /// fit the budget. Returns whether they fit.
+    fn make_room(&mut self, keep: usize, needed: usize) -> bool {
+        let budget = self.cfg.kv_cells as usize;
+        while self.cells_committed(keep) + needed > budget {
+            let victim = (0..self.slots.len())
+                .filter(|&i| {
+                    i != keep && self.slots[i].active.is_none() && !self.slots[i].cached.is_empty()
+                })
+                .min_by_key(|&i| self.slots[i].last_used);
+            match victim {
+                Some(v) => self.evict(v),
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// Moves waiting requests into free slots, reusing the longest cached prefix.
     fn admit(&mut self) {
         while let Some(w) = self.waiting.front() {
-            let free: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| self.slots[i].active.is_none())
-                .collect();
-            if free.is_empty() {
+            if self.lru_free_slot().is_none() {
                 return;
             }
             let tokens = &w.tokens;
@@ -347,11 +369,10 @@ impl<'m> Scheduler<'m> {
             let target = if best_len > 0 && self.slots[best].active.is_none() {
                 best
             } else {
-                // Least recently used free slot, preferring empty ones.
-                *free
-                    .iter()
-                    .min_by_key(|&&i| (!self.slots[i].cached.is_empty(), self.slots[i].last_used))
-                    .unwrap_or(&free[0])
+                match self.lru_free_slot() {
+                    Some(i) => i,
+                    None => return,
+                }
             };
             let w = match self.waiting.pop_front() {
                 Some(w) => w,
@@ -383,22 +404,7 @@ impl<'m> Scheduler<'m> {
             }
             let limit = self.cfg.context_per_request as usize;
             let reservation = (w.tokens.len() + w.req.max_tokens as usize).min(limit);
-            // Make room: evict idle caches, least recently used first.
-            let budget = self.cfg.kv_cells as usize;
-            while self.cells_committed(target) + reservation > budget {
-                let victim = (0..self.slots.len())
-                    .filter(|&i| {
-                        i != target
-                            && self.slots[i].active.is_none()
-                            && !self.slots[i].cached.is_empty()
-                    })
-                    .min_by_key(|&i| self.slots[i].last_used);
-                match victim {
-                    Some(v) => self.evict(v),
-                    None => break,
-                }
-            }
-            if self.cells_committed(target) + reservation > budget {
+            if !self.make_room(target, reservation) {
                 // Running requests hold the cells; wait for one to finish.
                 self.waiting.push_front(w);
                 return;
@@ -669,26 +675,13 @@ impl<'m> Scheduler<'m> {
     }
 
     fn restore_session(&mut self, path: &std::path::Path) -> Result<usize, InferError> {
-        let free = (0..self.slots.len())
-            .filter(|&i| self.slots[i].active.is_none())
-            .min_by_key(|&i| (!self.slots[i].cached.is_empty(), self.slots[i].last_used))
-            .ok_or_else(|| InferError::Session {
-                path: path.into(),
-                message: "no free sequence; retry when idle".into(),
-            })?;
+        let free = self.lru_free_slot().ok_or_else(|| InferError::Session {
+            path: path.into(),
+            message: "no free sequence; retry when idle".into(),
+        })?;
         self.evict(free);
         let max = self.cfg.context_per_request as usize;
-        while self.cells_committed(free) + max > self.cfg.kv_cells as usize {
-            let victim = (0..self.slots.len())
-                .filter(|&i| {
-                    i != free && self.slots[i].active.is_none() && !self.slots[i].cached.is_empty()
-                })
-                .min_by_key(|&i| self.slots[i].last_used);
-            match victim {
-                Some(v) => self.evict(v),
-                None => break,
-            }
-        }
+        self.make_room(free, max);
         let seq = self.slots[free].seq;
         match self.ctx.state_seq_load_file(path, seq, max) {
             Ok((tokens, _)) => {
