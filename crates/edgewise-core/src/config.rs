@@ -1,6 +1,7 @@
 //! Node configuration: a typed struct read from `config.yaml` in the data dir. Every field has a
 //! default, so a node runs with no file at all; unknown keys are an error so typos do not pass silently.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,51 @@ pub struct NodeConfig {
     pub trusted_keys: Vec<String>,
     /// Embedding model served by `/v1/embeddings`.
     pub embedding_model: String,
+    /// Address of the MQTT broker `serve` embeds; empty runs none.
+    pub mqtt_listen: String,
+    /// Broker names used in `mqtt://NAME:PORT/TOPIC` endpoints → `host:port`. `local-broker`
+    /// defaults to the embedded broker's address. Names not listed are dialled as written.
+    pub mqtt_brokers: BTreeMap<String, String>,
+    /// Task type (`logic`, `vision`, `general`, …) → model, for agents whose runs name a type.
+    pub task_models: BTreeMap<String, String>,
+    /// OpenAI-compatible endpoint used as the last resort, only for agents whose policy allows egress.
+    pub cloud: Option<CloudEndpoint>,
+    /// Whether audit records keep raw prompts, arguments and results, or only their digests.
+    pub audit_content: AuditContent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEndpoint {
+    /// Base URL, e.g. `https://api.example.com/v1`.
+    pub url: String,
+    pub model: String,
+    /// Environment variable that holds the bearer key (never the key itself in the file).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds the breaker stays open before one trial request.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown_s: u64,
+}
+
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditContent {
+    /// Raw arguments and results, plus digests.
+    #[default]
+    Raw,
+    /// Digests and sizes only: the log proves what happened without holding the data.
+    Digest,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +111,11 @@ impl Default for NodeConfig {
             api_key: None,
             trusted_keys: Vec::new(),
             embedding_model: "all-minilm-l6-v2".into(),
+            mqtt_listen: "127.0.0.1:1883".into(),
+            mqtt_brokers: BTreeMap::new(),
+            task_models: BTreeMap::new(),
+            cloud: None,
+            audit_content: AuditContent::Raw,
         }
     }
 }
@@ -101,6 +152,18 @@ impl NodeConfig {
                 message: e.to_string(),
             }
         })
+    }
+
+    /// `host:port` for a broker named in an endpoint: the configured alias, the embedded broker for
+    /// `local-broker`, else the name and port as written.
+    pub fn mqtt_broker_addr(&self, name: &str, port: u16) -> String {
+        if let Some(addr) = self.mqtt_brokers.get(name) {
+            return addr.clone();
+        }
+        if name == "local-broker" && !self.mqtt_listen.is_empty() {
+            return self.mqtt_listen.clone();
+        }
+        format!("{name}:{port}")
     }
 
     /// Threads to use: the configured count, else every available core.

@@ -2,10 +2,12 @@
 //!
 //! Invariant: this crate does no network I/O and starts no threads; it only reads the config file.
 
+pub mod agent_spec;
 pub mod config;
 pub mod paths;
 pub mod sampling;
 
-pub use config::{ConfigError, NodeConfig};
+pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
+pub use config::{AuditContent, CloudEndpoint, ConfigError, NodeConfig};
 pub use paths::DataDir;
 pub use sampling::SamplingParams;

@@ -44,6 +44,14 @@ impl DataDir {
     pub fn catalog_file(&self) -> PathBuf {
         self.root.join("catalog.yaml")
     }
+    /// Durable local state (redb): KV namespaces, agents, runs.
+    pub fn state_db(&self) -> PathBuf {
+        self.root.join("state.redb")
+    }
+    /// The hash-chained audit log.
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit").join("audit.jsonl")
+    }
     /// Node configuration.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")
