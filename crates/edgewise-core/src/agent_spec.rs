@@ -279,6 +279,11 @@ pub struct Limits {
     pub max_steps: u32,
     #[serde(default = "default_max_tool_calls")]
     pub max_tool_calls: u32,
+    /// Successful tool calls required before the model may answer. Agents exist to perceive and
+    /// act, and small models otherwise answer from imagination; set 0 for agents that may
+    /// answer directly.
+    #[serde(default = "default_min_tool_calls")]
+    pub min_tool_calls: u32,
     /// Tool name → calls allowed per run.
     #[serde(default)]
     pub tool_budgets: BTreeMap<String, u32>,
@@ -293,6 +298,9 @@ fn default_max_steps() -> u32 {
 fn default_max_tool_calls() -> u32 {
     20
 }
+fn default_min_tool_calls() -> u32 {
+    1
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(300)
 }
@@ -302,6 +310,7 @@ impl Default for Limits {
         Self {
             max_steps: default_max_steps(),
             max_tool_calls: default_max_tool_calls(),
+            min_tool_calls: default_min_tool_calls(),
             tool_budgets: BTreeMap::new(),
             timeout: default_timeout(),
         }

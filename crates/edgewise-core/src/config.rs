@@ -25,6 +25,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Name of this node in audit records and the mesh [default: the host name].
+    pub name: Option<String>,
     /// Catalog name or path of the model `serve`, `run` and `chat` use when none is named.
     pub default_model: String,
     /// Address `serve` binds; localhost unless the operator says otherwise.
@@ -99,6 +101,7 @@ pub enum AuditContent {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            name: None,
             default_model: "qwen2.5-coder-0.5b-instruct".into(),
             listen: "127.0.0.1:8080".into(),
             threads: 0,
@@ -152,6 +155,18 @@ impl NodeConfig {
                 message: e.to_string(),
             }
         })
+    }
+
+    /// The configured name, else the host name, else `local`.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = self.name.as_ref().filter(|n| !n.is_empty()) {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into())
     }
 
     /// `host:port` for a broker named in an endpoint: the configured alias, the embedded broker for

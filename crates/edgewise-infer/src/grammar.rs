@@ -67,10 +67,11 @@ pub(crate) fn to_grammar(c: &Constraint) -> TopLevelGrammar {
     }
 }
 
-/// Free text that cannot open the way a call attempt does ('<', '{', a code fence, whitespace):
-/// small models often write a call as bare or fenced JSON, and this routes that intent through the
-/// validated call grammar (or, under `ToolChoice::None`, away from calls entirely).
-const TEXT_RULE: &str = "TEXT: /[^<{`\\s](.|\\n)*/\n";
+/// Free text must open with a letter, digit, quote or Markdown mark, never the way a call attempt
+/// does ('<', '{', '(', '[', a code fence, whitespace): small models often write a call as bare,
+/// bracketed or fenced JSON, and this routes that intent through the validated call grammar (or,
+/// under `ToolChoice::None`, away from calls entirely).
+const TEXT_RULE: &str = "TEXT: /[\\p{L}\\p{N}*#\"'-](.|\\n)*/\n";
 
 /// The Lark grammar for tool use under `choice`.
 pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Constraint, String> {
@@ -105,8 +106,10 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
     } else {
         json!({"anyOf": variants})
     };
+    // A call is the trained `<tool_call>` block or the bare JSON object small models tend to write
+    // instead; both are held to the same schema, and `parse_tool_calls` reads both.
     let call = format!(
-        "call: \"{open}\\n\" body \"\\n{close}\"\nbody: %json {schema}\n",
+        "call: \"{open}\\n\" body \"\\n{close}\" | body\nbody: %json {schema}\n",
         open = TOOL_CALL_OPEN,
         close = TOOL_CALL_CLOSE,
         schema = schema
@@ -127,6 +130,9 @@ pub struct ToolCall {
 
 /// Splits generated text into leading content and tool calls. Malformed blocks stay in the content.
 pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
+    if let Some(call) = bare_call(text) {
+        return (String::new(), vec![call]);
+    }
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut rest = text;
@@ -148,6 +154,20 @@ pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
     }
     content.push_str(rest);
     (content.trim().to_owned(), calls)
+}
+
+/// The whole text is one `{"name": ..., "arguments": ...}` object.
+fn bare_call(text: &str) -> Option<ToolCall> {
+    let t = text.trim();
+    if !t.starts_with('{') {
+        return None;
+    }
+    let v: Value = serde_json::from_str(t).ok()?;
+    let name = v.get("name")?.as_str()?.to_owned();
+    Some(ToolCall {
+        name,
+        arguments: v.get("arguments").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// A system-prompt description of tools for templates that do not render `tools` themselves.
@@ -178,6 +198,16 @@ mod tests {
                 arguments: json!({"x": 1})
             }]
         );
+    }
+
+    #[test]
+    fn parses_a_bare_json_call() {
+        let (c, calls) = parse_tool_calls("{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n");
+        assert_eq!(c, "");
+        assert_eq!(calls[0].name, "f");
+        let (c, calls) = parse_tool_calls("{\"not\": \"a call\"}");
+        assert!(calls.is_empty());
+        assert!(c.contains("not"));
     }
 
     #[test]

@@ -392,7 +392,7 @@ fn chat_stream(
             json!({"role": "assistant", "content": ""}),
             None,
         )));
-        // With tools, text is streamed only once it cannot be a tool call (calls start with '<').
+        // With tools, text is streamed only once it cannot be a tool call (calls start with '<' or '{').
         let mut held = String::new();
         let mut streaming_text = !tools_active;
         let mut next = first;
@@ -404,7 +404,7 @@ fn chat_stream(
                     } else {
                         held.push_str(&d);
                         let trimmed = held.trim_start();
-                        if !trimmed.is_empty() && !trimmed.starts_with('<') {
+                        if !trimmed.is_empty() && !trimmed.starts_with(['<', '{']) {
                             streaming_text = true;
                             let _ = tx.send(sse_json(chunk(
                                 json!({"content": std::mem::take(&mut held)}),

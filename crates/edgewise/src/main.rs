@@ -1,5 +1,6 @@
 //! `edgewise`: the one binary. It only wires the library crates together and owns user-facing errors.
 
+mod agent;
 mod bench;
 mod chat;
 mod models;
@@ -54,6 +55,12 @@ enum Command {
         #[arg(long)]
         no_embeddings: bool,
     },
+    /// Run and check agent specs.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Verify and read the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(agent::AuditCommand),
     /// Measure prompt processing, generation, parallel and prefix-cache throughput.
     Bench(bench::BenchArgs),
 }
@@ -85,6 +92,8 @@ fn run(cli: Cli) -> Result<()> {
             no_embeddings,
         } => serve(&node, listen, model, no_embeddings),
         Command::Bench(args) => bench::run(&node, args),
+        Command::Agent(cmd) => agent::run(&node, cmd),
+        Command::Audit(cmd) => agent::audit(&node, cmd),
     }
 }
 

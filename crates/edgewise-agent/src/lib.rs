@@ -1,0 +1,21 @@
+//! Agents: a spec (edgewise-core) becomes a loop that reasons with a local model, calls tools under
+//! policy, and writes every step to the audit log.
+//!
+//! Invariants:
+//! - The model can only emit a call to a registered tool with schema-valid arguments (grammar);
+//!   the runtime still validates every call, so an unconstrained model is refused the same way.
+//! - A step is appended to the audit log before it is reported to anyone.
+//! - `egress_allowed: false` is checked against resolved addresses, not names.
+
+pub mod egress;
+mod error;
+mod model_choice;
+mod runner;
+pub mod runs;
+pub mod tools;
+
+pub use error::AgentError;
+pub use model_choice::{choose_model, ModelChoice};
+pub use runner::{Agent, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord};
+pub use runs::{RunRecord, RunStore};
+pub use tools::{Tool, ToolError, ToolRegistry};

@@ -1,0 +1,96 @@
+//! Which model a run uses: the run's task type, else the spec's `model_config.path`, else the
+//! node's default — and a missing model file falls back to the default only with a warning.
+
+use std::path::Path;
+
+use edgewise_core::{AgentSpec, NodeConfig};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelChoice {
+    /// A catalog name or a GGUF path.
+    pub model: String,
+    /// Set when the spec's model could not be used; names both models.
+    pub warning: Option<String>,
+}
+
+/// `is_catalog_name` tells whether a string names a catalog entry (installed or pullable).
+pub fn choose_model(
+    spec: &AgentSpec,
+    config: &NodeConfig,
+    task_type: Option<&str>,
+    is_catalog_name: impl Fn(&str) -> bool,
+) -> Result<ModelChoice, String> {
+    let plain = |model: &str| ModelChoice {
+        model: model.to_owned(),
+        warning: None,
+    };
+    if let Some(t) = task_type {
+        return match spec.task_types.get(t).or_else(|| config.task_models.get(t)) {
+            Some(m) => Ok(plain(m)),
+            None => Err(format!(
+                "task type '{t}' has no model: add it under `task_types` in the agent spec or `task_models` in the node config"
+            )),
+        };
+    }
+    let Some(wanted) = spec.model_config.path.as_deref() else {
+        return Ok(plain(&config.default_model));
+    };
+    if is_catalog_name(wanted) || Path::new(wanted).is_file() {
+        return Ok(plain(wanted));
+    }
+    Ok(ModelChoice {
+        model: config.default_model.clone(),
+        warning: Some(format!(
+            "model '{wanted}' (model_config.path of agent '{}') is not a file or catalog entry on this node; falling back to the node's default model '{}'",
+            spec.agent_id, config.default_model
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> AgentSpec {
+        AgentSpec::parse(&format!("agent_id: a\n{extra}"), Path::new("a.yaml")).unwrap()
+    }
+
+    #[test]
+    fn missing_file_falls_back_with_a_warning_naming_both() {
+        let c = NodeConfig::default();
+        let s = spec("model_config:\n  path: /models/phi-4-mini-q4.gguf\n");
+        let got = choose_model(&s, &c, None, |_| false).unwrap();
+        assert_eq!(got.model, c.default_model);
+        let w = got.warning.unwrap();
+        assert!(
+            w.contains("/models/phi-4-mini-q4.gguf") && w.contains(&c.default_model),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn catalog_names_and_task_types_are_used_as_given() {
+        let mut c = NodeConfig::default();
+        c.task_models.insert("logic".into(), "gemma-3-270m".into());
+        let s = spec("model_config:\n  path: gemma-3-270m\ntask_types:\n  vision: some-vlm\n");
+        assert_eq!(
+            choose_model(&s, &c, None, |n| n == "gemma-3-270m")
+                .unwrap()
+                .model,
+            "gemma-3-270m"
+        );
+        assert_eq!(
+            choose_model(&s, &c, Some("logic"), |_| true).unwrap().model,
+            "gemma-3-270m"
+        );
+        assert_eq!(
+            choose_model(&s, &c, Some("vision"), |_| true)
+                .unwrap()
+                .model,
+            "some-vlm"
+        );
+        assert!(choose_model(&s, &c, Some("audio"), |_| true)
+            .unwrap_err()
+            .contains("task type 'audio'"));
+    }
+}

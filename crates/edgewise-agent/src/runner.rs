@@ -1,0 +1,651 @@
+//! The agent loop: render → generate (grammar-constrained) → parse → validate → call → observe,
+//! until the model answers or a limit ends the run. Each step is audited before it is reported.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgewise_core::{AgentSpec, AuditContent, SamplingParams};
+use edgewise_infer::{
+    grammar::describe_tools_for_prompt, parse_tool_calls, tool_call_grammar, Engine, Event,
+    GenerateRequest, ToolChoice, Usage,
+};
+use edgewise_store::{sha256_hex, AuditLog, AuditRecord, Kv};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::Instrument;
+
+use crate::runs::{RunRecord, RunStore};
+use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::AgentError;
+
+const CACHE: &str = "edgewise.result-cache";
+const DEFAULT_STEP_TOKENS: u32 = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    /// Tool failures beyond `max_retries`, a model error, or a context overflow.
+    Failed,
+    /// `limits.max_steps` reached without an answer.
+    StepLimit,
+    /// `limits.timeout` passed.
+    Timeout,
+    /// The node stopped mid-run (found at the next start).
+    Interrupted,
+}
+
+/// One model turn and what the runtime did with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: u32,
+    /// `call`, `refused`, `tool_error` or `answer`.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Value>,
+    /// The tool's result or error, as the model sees it; the answer for `answer` steps.
+    pub observation: String,
+    /// What the model generated, verbatim.
+    pub output: String,
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was reused from earlier steps.
+    pub cached_tokens: u32,
+    /// Prompt tokens this step had to prefill.
+    pub prefilled_tokens: u32,
+    pub completion_tokens: u32,
+    pub forced_tokens: u32,
+    pub generation_ms: f64,
+    pub tool_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepEvent {
+    Started { run: String, model: String },
+    Step(StepRecord),
+    Finished(RunOutcome),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub agent: String,
+    pub run: String,
+    pub status: RunStatus,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    pub cached: bool,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Grammar-constrain tool calls (on by default; off only to measure what constraints buy).
+    pub constrained: bool,
+    /// The first N steps must be tool calls (benchmarks that need a fixed number of steps).
+    pub force_tool_steps: u32,
+    pub run_id: Option<String>,
+    /// Overrides the spec's sampling seed.
+    pub seed: Option<u32>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            constrained: true,
+            force_tool_steps: 0,
+            run_id: None,
+            seed: None,
+        }
+    }
+}
+
+/// A loaded agent: spec, tools and the node services it runs on.
+pub struct Agent {
+    pub spec: AgentSpec,
+    tools: ToolRegistry,
+    engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
+    kv: Arc<Kv>,
+    runs: RunStore,
+    node: String,
+    audit_content: AuditContent,
+}
+
+impl Agent {
+    pub fn new(
+        spec: AgentSpec,
+        ctx: &ToolContext,
+        engine: Arc<Engine>,
+        audit: Arc<AuditLog>,
+        node: String,
+    ) -> Result<Self, AgentError> {
+        let tools = ToolRegistry::from_spec(&spec, ctx)?;
+        Ok(Self {
+            spec,
+            tools,
+            engine,
+            audit,
+            kv: ctx.kv.clone(),
+            runs: RunStore::new(ctx.kv.clone()),
+            node,
+            audit_content: ctx.config.audit_content,
+        })
+    }
+
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
+    }
+
+    pub fn runs(&self) -> &RunStore {
+        &self.runs
+    }
+
+    fn system_prompt(&self) -> String {
+        let mut s = self.spec.instructions.clone().unwrap_or_else(|| {
+            format!(
+                "You are {}, an autonomous agent on an edge node. You see and change the world only through your tools: call one tool at a time and read its result. When the task is done, give a short final answer.",
+                self.spec.agent_id
+            )
+        });
+
+        if !self.tools.is_empty() && !self.engine.template().supports_tools() {
+            s.push_str("\n\n");
+            s.push_str(&describe_tools_for_prompt(&self.tools.specs()));
+        }
+        s
+    }
+
+    fn audit(&self, mut rec: AuditRecord) -> Result<(), AgentError> {
+        rec.node = self.node.clone();
+        rec.agent = self.spec.agent_id.clone();
+        if self.audit_content == AuditContent::Digest {
+            rec.arguments = None;
+            rec.result = None;
+        }
+        self.audit.append(&rec)?;
+        Ok(())
+    }
+
+    fn cache_key(&self, task: &str) -> String {
+        let normalized = task
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        sha256_hex(format!("{}\n{normalized}", self.spec.agent_id).as_bytes())
+    }
+
+    fn cached_answer(&self, task: &str) -> Result<Option<String>, AgentError> {
+        let Some(ttl) = self.spec.cache.ttl else {
+            return Ok(None);
+        };
+        let Some(v) = self.kv.get_json(CACHE, &self.cache_key(task))? else {
+            return Ok(None);
+        };
+        let at = v.get("at").and_then(Value::as_i64).unwrap_or(0);
+        let age = chrono::Utc::now().timestamp() - at;
+        if age < 0 || age as u64 > ttl.as_secs() {
+            return Ok(None);
+        }
+        Ok(v.get("answer").and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// Runs the task to an outcome. Errors are only for node failures (store, audit); everything
+    /// the model or tools do wrong ends up in the outcome's status.
+    pub async fn run(
+        &self,
+        task: &str,
+        opts: RunOptions,
+        events: Option<UnboundedSender<StepEvent>>,
+    ) -> Result<RunOutcome, AgentError> {
+        let run = opts
+            .run_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let span = tracing::info_span!("agent_run", agent = %self.spec.agent_id, run = %run);
+        self.run_inner(task, opts, events, run)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        task: &str,
+        opts: RunOptions,
+        events: Option<UnboundedSender<StepEvent>>,
+        run: String,
+    ) -> Result<RunOutcome, AgentError> {
+        let emit = |e: StepEvent| {
+            if let Some(tx) = &events {
+                let _ = tx.send(e);
+            }
+        };
+        let model = self.engine.info().name.clone();
+        let mut record = RunRecord {
+            agent: self.spec.agent_id.clone(),
+            run: run.clone(),
+            task: task.to_owned(),
+            status: RunStatus::Running,
+            model: model.clone(),
+            started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ended: None,
+            answer: None,
+            error: None,
+            cached: false,
+            steps: Vec::new(),
+        };
+        emit(StepEvent::Started {
+            run: run.clone(),
+            model: model.clone(),
+        });
+
+        if let Some(answer) = self.cached_answer(task)? {
+            record.status = RunStatus::Completed;
+            record.answer = Some(answer.clone());
+            record.cached = true;
+            record.ended = Some(chrono::Utc::now().to_rfc3339());
+            self.audit(AuditRecord {
+                kind: "run_cached".into(),
+                run: run.clone(),
+                decision: "cached".into(),
+                result: Some(answer.clone()),
+                result_sha256: Some(sha256_hex(answer.as_bytes())),
+                result_bytes: Some(answer.len() as u64),
+                ..Default::default()
+            })?;
+            self.runs.save(&record)?;
+            let outcome = outcome_of(&record);
+            emit(StepEvent::Finished(outcome.clone()));
+            return Ok(outcome);
+        }
+
+        self.audit(AuditRecord {
+            kind: "run_start".into(),
+            run: run.clone(),
+            model: Some(model.clone()),
+            arguments: Some(json!({ "task": task })),
+            arguments_sha256: Some(sha256_hex(task.as_bytes())),
+            decision: "start".into(),
+            ..Default::default()
+        })?;
+        self.runs.save(&record)?;
+
+        let limits = &self.spec.limits;
+        let deadline = Instant::now() + limits.timeout;
+        let result = tokio::time::timeout(
+            limits.timeout,
+            self.steps(task, &opts, &run, &mut record, &emit, deadline),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                record.status = RunStatus::Timeout;
+                record.error = Some(format!(
+                    "the run did not finish within limits.timeout ({})",
+                    humanize(limits.timeout)
+                ));
+            }
+        }
+        record.ended =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        self.audit(AuditRecord {
+            kind: "run_end".into(),
+            run: run.clone(),
+            decision: serde_json::to_value(record.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            result: record.answer.clone(),
+            result_sha256: record.answer.as_ref().map(|a| sha256_hex(a.as_bytes())),
+            detail: record.error.clone(),
+            ..Default::default()
+        })?;
+        self.runs.save(&record)?;
+        if record.status == RunStatus::Completed && self.spec.cache.ttl.is_some() {
+            if let Some(answer) = &record.answer {
+                self.kv.set_json(
+                    CACHE,
+                    &self.cache_key(task),
+                    &json!({"answer": answer, "at": chrono::Utc::now().timestamp()}),
+                )?;
+            }
+        }
+        let outcome = outcome_of(&record);
+        emit(StepEvent::Finished(outcome.clone()));
+        Ok(outcome)
+    }
+
+    async fn steps(
+        &self,
+        task: &str,
+        opts: &RunOptions,
+        run: &str,
+        record: &mut RunRecord,
+        emit: &impl Fn(StepEvent),
+        deadline: Instant,
+    ) -> Result<(), AgentError> {
+        let spec = &self.spec;
+        let limits = &spec.limits;
+        let mut messages = vec![json!({"role": "system", "content": self.system_prompt()})];
+        messages.extend(self.history()?);
+        messages.push(json!({"role": "user", "content": task}));
+        let tools_json = self.tools.openai_tools();
+        let all_tools = self.tools.specs();
+        let mut calls_by_tool: BTreeMap<String, u32> = BTreeMap::new();
+        let mut total_calls = 0u32;
+        let mut failures = 0u32;
+        // Successful calls of this run: (tool, arguments, step).
+        let mut done_calls: Vec<(String, Value, u32)> = Vec::new();
+        let mut must_answer = false;
+        let mut repeats = 0u32;
+        let context_window = spec.model_config.context_window.unwrap_or(u32::MAX);
+        let seed = opts
+            .seed
+            .or(spec.model_config.seed)
+            .unwrap_or_else(rand_seed);
+
+        for step in 1..=limits.max_steps {
+            let span = tracing::info_span!("agent_step", step);
+            let _enter = span.enter();
+            let prompt = self
+                .engine
+                .template()
+                .render(
+                    &messages,
+                    (!tools_json.is_empty() && self.engine.template().supports_tools())
+                        .then_some(&tools_json[..]),
+                    true,
+                )
+                .map_err(|e| AgentError::Other(format!("chat template: {e}")))?;
+            let prompt_tokens = self.count_tokens(&prompt).await?;
+            if prompt_tokens as u32 >= context_window {
+                record.status = RunStatus::Failed;
+                record.error = Some(format!(
+                    "step {step}: the conversation ({prompt_tokens} tokens) no longer fits model_config.context_window ({context_window})"
+                ));
+                return Ok(());
+            }
+            // Tools still within budget; none once the run's call budget is spent.
+            let available: Vec<_> = if total_calls >= limits.max_tool_calls {
+                Vec::new()
+            } else {
+                all_tools
+                    .iter()
+                    .filter(|t| {
+                        limits
+                            .tool_budgets
+                            .get(&t.name)
+                            .is_none_or(|b| calls_by_tool.get(&t.name).copied().unwrap_or(0) < *b)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let choice = if available.is_empty() || must_answer {
+                ToolChoice::None
+            } else if step <= opts.force_tool_steps
+                || total_calls < limits.min_tool_calls.min(limits.max_tool_calls)
+            {
+                ToolChoice::Required
+            } else {
+                ToolChoice::Auto
+            };
+            let constraint = if opts.constrained && !all_tools.is_empty() {
+                let grammar_tools = if available.is_empty() {
+                    &all_tools
+                } else {
+                    &available
+                };
+                Some(
+                    tool_call_grammar(grammar_tools, &choice)
+                        .map_err(|e| AgentError::Other(format!("tool grammar: {e}")))?,
+                )
+            } else {
+                None
+            };
+            let max_tokens = spec
+                .model_config
+                .max_tokens
+                .unwrap_or(DEFAULT_STEP_TOKENS)
+                .min(context_window.saturating_sub(prompt_tokens as u32));
+            let mut req = GenerateRequest::new(prompt.clone());
+            req.max_tokens = max_tokens;
+            req.sampling = SamplingParams {
+                temperature: spec.model_config.temperature.unwrap_or(0.2),
+                seed: seed.wrapping_add(step),
+                ..SamplingParams::default()
+            };
+            req.constraint = constraint;
+            let started = Instant::now();
+            let (output, usage) = match self.generate(req, deadline).await {
+                Ok(x) => x,
+                Err(e) => {
+                    record.status = RunStatus::Failed;
+                    record.error = Some(format!("step {step}: the model failed: {e}"));
+                    return Ok(());
+                }
+            };
+            let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (content, calls) = parse_tool_calls(&output);
+            let mut rec = StepRecord {
+                step,
+                decision: String::new(),
+                tool: None,
+                arguments: None,
+                observation: String::new(),
+                output: output.clone(),
+                prompt_tokens: usage.prompt_tokens,
+                cached_tokens: usage.cached_tokens,
+                prefilled_tokens: usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+                completion_tokens: usage.completion_tokens,
+                forced_tokens: usage.forced_tokens,
+                generation_ms,
+                tool_ms: 0.0,
+            };
+            let prompt_sha = sha256_hex(prompt.as_bytes());
+
+            let Some(call) = calls.into_iter().next() else {
+                rec.decision = "answer".into();
+                rec.observation = content.clone();
+                self.audit(AuditRecord {
+                    kind: "step".into(),
+                    run: run.into(),
+                    step: Some(step),
+                    model: Some(record.model.clone()),
+                    prompt_sha256: Some(prompt_sha),
+                    result: Some(content.clone()),
+                    result_sha256: Some(sha256_hex(content.as_bytes())),
+                    result_bytes: Some(content.len() as u64),
+                    decision: "answer".into(),
+                    duration_ms: generation_ms as u64,
+                    ..Default::default()
+                })?;
+                record.steps.push(rec.clone());
+                self.runs.save(record)?;
+                emit(StepEvent::Step(rec));
+                record.status = RunStatus::Completed;
+                record.answer = Some(content);
+                return Ok(());
+            };
+
+            let tool_started = Instant::now();
+            let within_budget = available.iter().any(|t| t.name == call.name);
+            let repeat_of = done_calls
+                .iter()
+                .any(|(n, a, _)| *n == call.name && *a == call.arguments);
+            if repeat_of && !must_answer {
+                // A call identical to one that already worked is not executed again (small models
+                // loop here, and side effects must not repeat). The first time the model is told to
+                // move on; the second time it has run out of actions and must answer.
+                repeats += 1;
+                must_answer = repeats >= 2;
+                let observation = if must_answer {
+                    "This call was already made and its result is above. Give your final answer now."
+                } else {
+                    "This call was already made and its result is above. Use that result: call a different tool, or answer."
+                }
+                .to_owned();
+                rec.decision = "repeat".into();
+                rec.tool = Some(call.name.clone());
+                rec.arguments = Some(call.arguments.clone());
+                rec.observation = observation.clone();
+                self.audit(AuditRecord {
+                    kind: "step".into(),
+                    run: run.into(),
+                    step: Some(step),
+                    model: Some(record.model.clone()),
+                    prompt_sha256: Some(prompt_sha),
+                    tool: Some(call.name.clone()),
+                    arguments: Some(call.arguments.clone()),
+                    decision: "repeat".into(),
+                    detail: Some("identical to an earlier successful call; not executed".into()),
+                    duration_ms: generation_ms as u64,
+                    ..Default::default()
+                })?;
+                record.steps.push(rec.clone());
+                self.runs.save(record)?;
+                emit(StepEvent::Step(rec));
+                messages.push(json!({"role": "assistant", "content": output}));
+                messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
+                continue;
+            }
+            let result = if !within_budget && self.tools.specs().iter().any(|t| t.name == call.name)
+            {
+                Err(ToolError::Refused(format!(
+                    "the call budget for '{}' is spent in this run",
+                    call.name
+                )))
+            } else {
+                self.tools.call(&call.name, &call.arguments).await
+            };
+            rec.tool_ms = tool_started.elapsed().as_secs_f64() * 1000.0;
+            rec.tool = Some(call.name.clone());
+            rec.arguments = Some(call.arguments.clone());
+            let (decision, observation) = match &result {
+                Ok(out) => ("call", out.clone()),
+                Err(e @ ToolError::Refused(_)) => ("refused", format!("error: {e}")),
+                Err(e @ ToolError::Failed(_)) => ("tool_error", format!("error: {e}")),
+            };
+            rec.decision = decision.into();
+            rec.observation = observation.clone();
+            let args_text = call.arguments.to_string();
+            self.audit(AuditRecord {
+                kind: "step".into(),
+                run: run.into(),
+                step: Some(step),
+                model: Some(record.model.clone()),
+                prompt_sha256: Some(prompt_sha),
+                tool: Some(call.name.clone()),
+                arguments: Some(call.arguments.clone()),
+                arguments_sha256: Some(sha256_hex(args_text.as_bytes())),
+                result: Some(observation.clone()),
+                result_sha256: Some(sha256_hex(observation.as_bytes())),
+                result_bytes: Some(observation.len() as u64),
+                decision: decision.into(),
+                duration_ms: (generation_ms + rec.tool_ms) as u64,
+                ..Default::default()
+            })?;
+            record.steps.push(rec.clone());
+            self.runs.save(record)?;
+            emit(StepEvent::Step(rec));
+
+            if result.is_ok() {
+                done_calls.push((call.name.clone(), call.arguments.clone(), step));
+                total_calls += 1;
+                *calls_by_tool.entry(call.name.clone()).or_default() += 1;
+            } else {
+                failures += 1;
+                if failures > spec.workflow_policy.max_retries {
+                    record.status = RunStatus::Failed;
+                    record.error = Some(format!(
+                        "{failures} failed tool calls (workflow_policy.max_retries is {}); last: {observation}",
+                        spec.workflow_policy.max_retries
+                    ));
+                    return Ok(());
+                }
+            }
+            // The model's own text is kept verbatim so the next prompt extends this one token for
+            // token and the KV cache of the whole conversation is reused.
+            messages.push(json!({"role": "assistant", "content": output}));
+            messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
+        }
+        record.status = RunStatus::StepLimit;
+        record.error = Some(format!(
+            "no answer after limits.max_steps ({}) steps",
+            limits.max_steps
+        ));
+        Ok(())
+    }
+
+    /// Earlier runs of this agent (task and answer), newest last, per `memory.history_window`.
+    fn history(&self) -> Result<Vec<Value>, AgentError> {
+        let n = self.spec.memory.history_window as usize;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let runs = self.runs.list(Some(&self.spec.agent_id))?;
+        let done: Vec<_> = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Completed && r.answer.is_some())
+            .collect();
+        let mut out = Vec::new();
+        for r in &done[done.len().saturating_sub(n)..] {
+            out.push(json!({"role": "user", "content": r.task}));
+            out.push(json!({"role": "assistant", "content": r.answer}));
+        }
+        Ok(out)
+    }
+
+    async fn count_tokens(&self, text: &str) -> Result<usize, AgentError> {
+        let engine = self.engine.clone();
+        let text = text.to_owned();
+        tokio::task::spawn_blocking(move || engine.count_tokens(&text))
+            .await
+            .map_err(|e| AgentError::Other(e.to_string()))?
+            .map_err(AgentError::from)
+    }
+
+    async fn generate(
+        &self,
+        req: GenerateRequest,
+        deadline: Instant,
+    ) -> Result<(String, Usage), String> {
+        let mut rx = self.engine.submit(req).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.max(Duration::from_millis(1)), rx.recv()).await {
+                Err(_) => return Err("timed out".into()),
+                Ok(None) => return Err("the engine stopped".into()),
+                Ok(Some(Event::Delta(d))) => text.push_str(&d),
+                Ok(Some(Event::Done(c))) => return Ok((c.text, c.usage)),
+                Ok(Some(Event::Error(e))) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+fn outcome_of(r: &RunRecord) -> RunOutcome {
+    RunOutcome {
+        agent: r.agent.clone(),
+        run: r.run.clone(),
+        status: r.status,
+        answer: r.answer.clone(),
+        error: r.error.clone(),
+        cached: r.cached,
+        steps: r.steps.clone(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+fn rand_seed() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}

@@ -1,0 +1,91 @@
+//! Run records: what each run was asked, its steps and how it ended, kept in the node's KV so a
+//! crash leaves a run marked `interrupted` rather than lost.
+
+use std::sync::Arc;
+
+use edgewise_store::{Kv, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::runner::{RunStatus, StepRecord};
+
+const RUNS: &str = "edgewise.runs";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub agent: String,
+    pub run: String,
+    pub task: String,
+    pub status: RunStatus,
+    pub model: String,
+    pub started: String,
+    #[serde(default)]
+    pub ended: Option<String>,
+    #[serde(default)]
+    pub answer: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Answered from the result cache without running.
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Clone)]
+pub struct RunStore {
+    kv: Arc<Kv>,
+}
+
+impl RunStore {
+    pub fn new(kv: Arc<Kv>) -> Self {
+        Self { kv }
+    }
+
+    fn key(agent: &str, run: &str) -> String {
+        format!("{agent}/{run}")
+    }
+
+    pub fn save(&self, r: &RunRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_value(r).unwrap_or_default();
+        self.kv.set_json(RUNS, &Self::key(&r.agent, &r.run), &json)
+    }
+
+    pub fn get(&self, agent: &str, run: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self
+            .kv
+            .get_json(RUNS, &Self::key(agent, run))?
+            .and_then(|v| serde_json::from_value(v).ok()))
+    }
+
+    /// Runs of `agent` (all agents when `None`), oldest first.
+    pub fn list(&self, agent: Option<&str>) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out: Vec<RunRecord> = self
+            .kv
+            .list(RUNS)?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<RunRecord>(&v).ok())
+            .filter(|r| agent.is_none_or(|a| r.agent == a))
+            .collect();
+        out.sort_by(|a, b| a.started.cmp(&b.started));
+        Ok(out)
+    }
+
+    pub fn delete(&self, agent: &str, run: &str) -> Result<bool, StoreError> {
+        self.kv.remove(RUNS, &Self::key(agent, run))
+    }
+
+    /// At node start: runs still `running` belong to a process that died. Marks and returns them.
+    pub fn mark_interrupted(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut marked = Vec::new();
+        for mut r in self.list(None)? {
+            if r.status == RunStatus::Running {
+                r.status = RunStatus::Interrupted;
+                r.ended = Some(chrono::Utc::now().to_rfc3339());
+                r.error = Some("the node stopped while this run was in progress".into());
+                self.save(&r)?;
+                marked.push(r);
+            }
+        }
+        Ok(marked)
+    }
+}

@@ -1,0 +1,283 @@
+//! Tools built into the runtime (`builtin:NAME`).
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edgewise_core::Capability;
+use edgewise_infer::ToolSpec;
+use edgewise_store::Kv;
+use serde_json::{json, Value};
+
+use super::{http::HttpTool, mqtt::MqttTool, Tool, ToolContext, ToolError};
+
+const MAX_FILE: u64 = 64 * 1024;
+
+pub(super) fn build(
+    name: &str,
+    cap: &Capability,
+    ctx: &ToolContext,
+    spec_for: impl Fn(String, Value) -> ToolSpec,
+    timeout: Duration,
+) -> Result<Arc<dyn Tool>, String> {
+    let path_param = |what: &str| {
+        json!({
+            "type": "object",
+            "properties": {"path": {"type": "string", "description": what}},
+            "required": ["path"],
+            "additionalProperties": false
+        })
+    };
+    Ok(match name {
+        "read_file" | "list_dir" => {
+            let root = cap.root.as_ref().ok_or_else(|| {
+                format!("builtin:{name} needs `root:`, the directory it may read")
+            })?;
+            let root = ctx.spec_dir.join(root);
+            let root = root.canonicalize().map_err(|e| {
+                format!(
+                    "root {} is not an accessible directory: {e}",
+                    root.display()
+                )
+            })?;
+            let kind = if name == "read_file" {
+                FileKind::Read
+            } else {
+                FileKind::List
+            };
+            let spec = if kind == FileKind::Read {
+                spec_for(
+                    "Read a text file. `path` is relative to the agent's file root.".into(),
+                    path_param("File path relative to the root, e.g. notes/today.txt"),
+                )
+            } else {
+                spec_for(
+                    "List a directory. `path` is relative to the agent's file root ('.' for the root).".into(),
+                    path_param("Directory path relative to the root, e.g. ."),
+                )
+            };
+            Arc::new(FileTool { spec, root, kind })
+        }
+        "kv_get" => Arc::new(KvTool {
+            spec: spec_for(
+                "Read a value this agent stored earlier.".into(),
+                json!({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"], "additionalProperties": false}),
+            ),
+            kv: ctx.kv.clone(),
+            namespace: ctx.kv_namespace(),
+            write: false,
+        }),
+        "kv_set" => Arc::new(KvTool {
+            spec: spec_for(
+                "Store a value under a key; it persists across runs.".into(),
+                json!({"type": "object", "properties": {"key": {"type": "string"}, "value": {"type": "string"}}, "required": ["key", "value"], "additionalProperties": false}),
+            ),
+            kv: ctx.kv.clone(),
+            namespace: ctx.kv_namespace(),
+            write: true,
+        }),
+        "current_time" => Arc::new(TimeTool {
+            spec: spec_for(
+                "The current date and time (UTC, RFC 3339).".into(),
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+        }),
+        "http_request" => Arc::new(HttpTool::free(
+            spec_for(
+                "Send an HTTP request.".into(),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "DELETE"]},
+                        "body": {"type": "string"}
+                    },
+                    "required": ["url"],
+                    "additionalProperties": false
+                }),
+            ),
+            ctx.egress_allowed,
+            timeout,
+        )),
+        "mqtt_publish" => Arc::new(MqttTool::new(
+            spec_for(
+                "Publish a message to an MQTT topic on the local broker.".into(),
+                json!({
+                    "type": "object",
+                    "properties": {"topic": {"type": "string"}, "message": {"type": "string"}},
+                    "required": ["topic", "message"],
+                    "additionalProperties": false
+                }),
+            ),
+            ctx.config.mqtt_broker_addr("local-broker", 1883),
+            None,
+            ctx.egress_allowed,
+            timeout,
+        )),
+        other => return Err(format!("no built-in tool '{other}'")),
+    })
+}
+
+#[derive(PartialEq)]
+enum FileKind {
+    Read,
+    List,
+}
+
+struct FileTool {
+    spec: ToolSpec,
+    /// Canonical.
+    root: PathBuf,
+    kind: FileKind,
+}
+
+/// Resolves `rel` inside `root`: no absolute paths, no `..`, and the canonical result (symlinks
+/// followed) must still be under the root.
+pub(crate) fn confine(root: &Path, rel: &str) -> Result<PathBuf, ToolError> {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        return Err(ToolError::Refused(format!(
+            "'{rel}' is absolute; paths are relative to the agent's file root"
+        )));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ToolError::Refused(format!(
+            "'{rel}' contains '..'; paths may not leave the agent's file root"
+        )));
+    }
+    let joined = root.join(p);
+    let real = joined
+        .canonicalize()
+        .map_err(|e| ToolError::Failed(format!("'{rel}': {e}")))?;
+    if !real.starts_with(root) {
+        return Err(ToolError::Refused(format!(
+            "'{rel}' leads outside the agent's file root (through a symlink)"
+        )));
+    }
+    Ok(real)
+}
+
+#[async_trait]
+impl Tool for FileTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, args: Value) -> Result<String, ToolError> {
+        let rel = args.get("path").and_then(Value::as_str).unwrap_or(".");
+        let path = confine(&self.root, rel)?;
+        let fail = |e: std::io::Error| ToolError::Failed(format!("'{rel}': {e}"));
+        match self.kind {
+            FileKind::Read => {
+                let meta = tokio::fs::metadata(&path).await.map_err(fail)?;
+                if !meta.is_file() {
+                    return Err(ToolError::Failed(format!("'{rel}' is not a file")));
+                }
+                if meta.len() > MAX_FILE {
+                    return Err(ToolError::Failed(format!(
+                        "'{rel}' is {} bytes; read_file returns files up to {MAX_FILE} bytes",
+                        meta.len()
+                    )));
+                }
+                let bytes = tokio::fs::read(&path).await.map_err(fail)?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            FileKind::List => {
+                let mut entries = tokio::fs::read_dir(&path).await.map_err(fail)?;
+                let mut names = Vec::new();
+                while let Some(e) = entries.next_entry().await.map_err(fail)? {
+                    let mut name = e.file_name().to_string_lossy().into_owned();
+                    if e.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                        name.push('/');
+                    }
+                    names.push(name);
+                }
+                names.sort();
+                Ok(names.join("\n"))
+            }
+        }
+    }
+}
+
+struct KvTool {
+    spec: ToolSpec,
+    kv: Arc<Kv>,
+    namespace: String,
+    write: bool,
+}
+
+#[async_trait]
+impl Tool for KvTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, args: Value) -> Result<String, ToolError> {
+        let key = args.get("key").and_then(Value::as_str).unwrap_or_default();
+        let kv = self.kv.clone();
+        let ns = self.namespace.clone();
+        let key = key.to_owned();
+        if self.write {
+            let value = match args.get("value") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => String::new(),
+            };
+            let k = key.clone();
+            tokio::task::spawn_blocking(move || kv.set(&ns, &k, value.as_bytes()))
+                .await
+                .map_err(|e| ToolError::Failed(e.to_string()))?
+                .map_err(|e| ToolError::Failed(e.to_string()))?;
+            Ok(format!("stored '{key}'"))
+        } else {
+            let k = key.clone();
+            let v = tokio::task::spawn_blocking(move || kv.get(&ns, &k))
+                .await
+                .map_err(|e| ToolError::Failed(e.to_string()))?
+                .map_err(|e| ToolError::Failed(e.to_string()))?;
+            match v {
+                Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                None => Err(ToolError::Failed(format!("no value stored under '{key}'"))),
+            }
+        }
+    }
+}
+
+struct TimeTool {
+    spec: ToolSpec,
+}
+
+#[async_trait]
+impl Tool for TimeTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, _args: Value) -> Result<String, ToolError> {
+        Ok(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confinement_refuses_escapes_and_allows_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.txt"), "hi").unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).unwrap();
+        let root = root.canonicalize().unwrap();
+        assert!(confine(&root, "sub/a.txt").is_ok());
+        for bad in ["../secret", "/etc/passwd", "sub/../../secret", "link"] {
+            assert!(
+                matches!(confine(&root, bad), Err(ToolError::Refused(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Tools an agent can call, built from the spec's capabilities. Each endpoint scheme is one module.
+
+mod builtin;
+mod http;
+mod mqtt;
+mod unix;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edgewise_core::{AgentSpec, Capability, Endpoint, NodeConfig, RuntimeKind};
+use edgewise_infer::ToolSpec;
+use edgewise_store::Kv;
+use serde_json::{json, Value};
+
+use crate::AgentError;
+
+pub use mqtt::publish as mqtt_publish;
+
+/// Why a call produced no result. The message goes back to the model as the observation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ToolError {
+    /// The call broke policy or its contract (egress, path outside the root, unknown tool, bad
+    /// arguments). Audited as `refused`.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The tool ran and failed (service down, timeout, HTTP error). Audited as `tool_error`.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Tool: Send + Sync {
+    fn spec(&self) -> &ToolSpec;
+    /// `args` already satisfy `spec().parameters`.
+    async fn call(&self, args: Value) -> Result<String, ToolError>;
+}
+
+/// What tools need from the node.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub agent_id: String,
+    pub kv: Arc<Kv>,
+    pub config: NodeConfig,
+    pub egress_allowed: bool,
+    /// Relative paths in the spec (roots, components) resolve against this.
+    pub spec_dir: PathBuf,
+}
+
+impl ToolContext {
+    pub fn kv_namespace(&self) -> String {
+        format!("agent:{}", self.agent_id)
+    }
+}
+
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Registered {
+    tool: Arc<dyn Tool>,
+    validator: jsonschema::Validator,
+}
+
+/// The agent's tools with compiled argument validators, in the order the spec declares them (the
+/// order the model sees them in, which small models are sensitive to).
+#[derive(Default, Clone)]
+pub struct ToolRegistry {
+    tools: Vec<(String, Arc<Registered>)>,
+}
+
+impl ToolRegistry {
+    /// Builds every capability of `spec`; an endpoint this node cannot serve is an error now, not
+    /// at the first call.
+    pub fn from_spec(spec: &AgentSpec, ctx: &ToolContext) -> Result<Self, AgentError> {
+        let mut reg = Self::default();
+        for cap in &spec.capabilities {
+            let tool = build(cap, spec, ctx).map_err(|message| AgentError::Capability {
+                name: cap.name.clone(),
+                endpoint: cap.endpoint.to_string(),
+                message,
+            })?;
+            reg.insert(tool).map_err(|message| AgentError::Capability {
+                name: cap.name.clone(),
+                endpoint: cap.endpoint.to_string(),
+                message,
+            })?;
+        }
+        Ok(reg)
+    }
+
+    pub fn insert(&mut self, tool: Arc<dyn Tool>) -> Result<(), String> {
+        let validator = jsonschema::validator_for(&tool.spec().parameters)
+            .map_err(|e| format!("parameters is not a valid JSON schema: {e}"))?;
+        let name = tool.spec().name.clone();
+        if self.get(&name).is_some() {
+            return Err(format!("a tool named '{name}' is already registered"));
+        }
+        self.tools
+            .push((name, Arc::new(Registered { tool, validator })));
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Registered>> {
+        self.tools.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .iter()
+            .map(|(_, r)| r.tool.spec().clone())
+            .collect()
+    }
+
+    /// OpenAI-shaped tool objects, as chat templates expect them.
+    pub fn openai_tools(&self) -> Vec<Value> {
+        self.specs()
+            .into_iter()
+            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Checks name and arguments, then calls. Refusals never reach the tool.
+    pub async fn call(&self, name: &str, args: &Value) -> Result<String, ToolError> {
+        let reg = self.get(name).ok_or_else(|| {
+            ToolError::Refused(format!(
+                "there is no tool named '{name}'; the tools are: {}",
+                self.tools
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let problems: Vec<String> = reg
+            .validator
+            .iter_errors(args)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ToolError::Refused(format!(
+                "arguments for '{name}' do not match its schema: {}",
+                problems.join("; ")
+            )));
+        }
+        reg.tool.call(args.clone()).await
+    }
+}
+
+fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
+    let timeout = cap.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let spec_for = |default_description: String, default_parameters: Value| ToolSpec {
+        name: cap.name.clone(),
+        description: cap.description.clone().unwrap_or(default_description),
+        parameters: cap.parameters.clone().unwrap_or(default_parameters),
+    };
+    Ok(match &cap.endpoint {
+        Endpoint::Unix(path) => Arc::new(unix::UnixTool::new(
+            spec_for(
+                format!(
+                    "{}: query the local service at {} and return its JSON reply.",
+                    words(&cap.name), cap.endpoint
+                ),
+                // Without declared parameters the service gets an empty request: guessing fields
+                // would only let the model invent them.
+                json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            ),
+            path.clone(),
+            timeout,
+        )),
+        Endpoint::Mqtt {
+            broker,
+            port,
+            topic,
+        } => Arc::new(mqtt::MqttTool::new(
+            spec_for(
+                format!("{}: publish a message to the MQTT topic '{topic}'.", words(&cap.name)),
+                json!({
+                    "type": "object",
+                    "properties": {"message": {"type": "string", "description": "The message to publish."}},
+                    "required": ["message"],
+                    "additionalProperties": false
+                }),
+            ),
+            ctx.config.mqtt_broker_addr(broker, *port),
+            Some(topic.clone()),
+            ctx.egress_allowed,
+            timeout,
+        )),
+        Endpoint::Http(base) => Arc::new(http::HttpTool::fixed(
+            spec_for(
+                format!("{}: send an HTTP request to {base}.", words(&cap.name)),
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "DELETE"]},
+                        "path": {"type": "string", "description": "Path appended to the base URL."},
+                        "body": {"type": "string"}
+                    },
+                    "additionalProperties": false
+                }),
+            ),
+            base.clone(),
+            ctx.egress_allowed,
+            timeout,
+        )?),
+        Endpoint::Builtin(name) => builtin::build(name, cap, ctx, spec_for, timeout)?,
+        Endpoint::Wasm(_) => {
+            let why = if spec.runtime.kind == RuntimeKind::Native {
+                "wasm: tools need `runtime.type: wasm-edge`, and this spec says native"
+            } else {
+                "wasm: component tools need the Wasm sandbox, which this build of edgewise does not include yet; use unix://, mqtt://, http(s):// or builtin: endpoints"
+            };
+            return Err(why.into());
+        }
+        Endpoint::McpStdio { .. } => {
+            return Err("mcp+stdio: MCP servers are not supported by this build of edgewise yet; wrap the service in a unix:// tool".into())
+        }
+    })
+}
+
+/// `local_sensor_read` → `Local sensor read`: a capability's name is the best description a spec
+/// without one gives, and small models read prose better than identifiers.
+fn words(name: &str) -> String {
+    let spaced = name.replace(['_', '-'], " ");
+    let mut chars = spaced.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => spaced,
+    }
+}

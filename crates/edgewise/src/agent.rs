@@ -1,0 +1,287 @@
+//! `edgewise agent run|validate` and `edgewise audit verify|show`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use edgewise_agent::tools::ToolContext;
+use edgewise_agent::{choose_model, Agent, RunOptions, RunStatus, RunStore, StepEvent};
+use edgewise_core::AgentSpec;
+use edgewise_store::{AuditLog, AuditRecord, Kv};
+
+use crate::node::Node;
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Run an agent spec on a task: prints each step and the answer (exit code 1 unless it completes).
+    Run(RunArgs),
+    /// Check a spec: syntax, keys, endpoints and the model it would use.
+    Validate {
+        /// The agent spec (YAML).
+        spec: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The agent spec (YAML).
+    spec: PathBuf,
+    /// What the agent should do.
+    task: String,
+    /// Print the outcome (status, answer, every step) as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Pick the model mapped to this task type (spec `task_types`, node `task_models`).
+    #[arg(long)]
+    task_type: Option<String>,
+    /// Sampling seed for reproducible runs.
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Let the model write tool calls freely (no grammar); the runtime still validates them.
+    #[arg(long)]
+    no_constraints: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; names the first broken record (exit code 1 if any).
+    Verify,
+    /// Print audit records, optionally of one run.
+    Show {
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The node's durable state, opened once per process.
+pub struct State {
+    pub kv: Arc<Kv>,
+    pub audit: Arc<AuditLog>,
+}
+
+impl State {
+    /// Opens KV and audit log, and marks runs left `running` by a dead process as interrupted.
+    pub fn open(node: &Node) -> Result<Self> {
+        let kv = Arc::new(Kv::open(&node.data.state_db())?);
+        let audit = Arc::new(AuditLog::open(&node.data.audit_log())?);
+        for r in RunStore::new(kv.clone()).mark_interrupted()? {
+            tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
+            audit.append(&AuditRecord {
+                kind: "run_interrupted".into(),
+                node: node.config.node_name(),
+                agent: r.agent.clone(),
+                run: r.run.clone(),
+                decision: "interrupted".into(),
+                detail: r.error.clone(),
+                ..Default::default()
+            })?;
+        }
+        Ok(Self { kv, audit })
+    }
+}
+
+pub fn run(node: &Node, cmd: AgentCommand) -> Result<()> {
+    match cmd {
+        AgentCommand::Validate { spec } => validate(node, &spec),
+        AgentCommand::Run(args) => run_agent(node, args),
+    }
+}
+
+fn load_spec(path: &Path) -> Result<AgentSpec> {
+    Ok(AgentSpec::load(path)?)
+}
+
+fn validate(node: &Node, path: &Path) -> Result<()> {
+    let spec = load_spec(path)?;
+    let choice = choose_model(&spec, &node.config, None, |n| {
+        node.store.catalog().get(n).is_some()
+    })
+    .map_err(anyhow::Error::msg)?;
+    println!("{}: valid agent spec '{}'", path.display(), spec.agent_id);
+    if let Some(w) = &choice.warning {
+        println!("warning: {w}");
+    }
+    println!("model: {}", choice.model);
+    for c in &spec.capabilities {
+        println!("tool {}: {}", c.name, c.endpoint);
+    }
+    Ok(())
+}
+
+fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
+    let spec = load_spec(&args.spec)?;
+    let choice = choose_model(&spec, &node.config, args.task_type.as_deref(), |n| {
+        node.store.catalog().get(n).is_some()
+    })
+    .map_err(anyhow::Error::msg)?;
+    if let Some(w) = &choice.warning {
+        eprintln!("warning: {w}");
+    }
+    let state = State::open(node)?;
+    let ctx = ToolContext {
+        agent_id: spec.agent_id.clone(),
+        kv: state.kv.clone(),
+        config: node.config.clone(),
+        egress_allowed: spec.workflow_policy.egress_allowed,
+        spec_dir: args
+            .spec
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    // Check every capability before spending seconds on loading the model.
+    edgewise_agent::ToolRegistry::from_spec(&spec, &ctx)?;
+    let context_window = spec.model_config.context_window;
+    let engine = node.load_engine(Some(&choice.model), |cfg| {
+        if let Some(w) = context_window {
+            cfg.context_per_request = cfg.context_per_request.max(w);
+            cfg.kv_cells = cfg.kv_cells.max(w);
+        }
+        cfg.slots = cfg.slots.min(2);
+    })?;
+    let agent = Agent::new(
+        spec,
+        &ctx,
+        Arc::new(engine),
+        state.audit.clone(),
+        node.config.node_name(),
+    )?;
+    let opts = RunOptions {
+        constrained: !args.no_constraints,
+        seed: args.seed,
+        ..RunOptions::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let json = args.json;
+    let outcome = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if !json {
+                    print_event(&ev);
+                }
+            }
+        });
+        let outcome = agent.run(&args.task, opts, Some(tx)).await;
+        let _ = printer.await;
+        outcome
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    }
+    if outcome.status != RunStatus::Completed {
+        bail!(
+            "run {} ended {:?}: {}",
+            outcome.run,
+            outcome.status,
+            outcome.error.as_deref().unwrap_or("no answer")
+        );
+    }
+    Ok(())
+}
+
+fn print_event(ev: &StepEvent) {
+    match ev {
+        StepEvent::Started { run, model } => println!("run {run} (model {model})"),
+        StepEvent::Step(s) => {
+            let timing = format!(
+                "[{} prompt tokens, {} prefilled, {:.0} ms]",
+                s.prompt_tokens, s.prefilled_tokens, s.generation_ms
+            );
+            match s.tool.as_deref() {
+                Some(tool) => println!(
+                    "step {}: {} {} {}\n  → {}: {}",
+                    s.step,
+                    tool,
+                    s.arguments
+                        .as_ref()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    timing,
+                    s.decision,
+                    one_line(&s.observation, 300)
+                ),
+                None => println!("step {}: answer {timing}", s.step),
+            }
+        }
+        StepEvent::Finished(o) => match &o.answer {
+            Some(a) if o.status == RunStatus::Completed => {
+                let cached = if o.cached { " (cached)" } else { "" };
+                println!("answer{cached}: {a}")
+            }
+            _ => println!(
+                "run ended {:?}: {}",
+                o.status,
+                o.error.as_deref().unwrap_or("")
+            ),
+        },
+    }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.replace('\n', " ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max).collect();
+    format!("{cut}…")
+}
+
+pub fn audit(node: &Node, cmd: AuditCommand) -> Result<()> {
+    let log = AuditLog::open(&node.data.audit_log())?;
+    match cmd {
+        AuditCommand::Verify => match log.verify()? {
+            Ok(n) => {
+                println!(
+                    "audit log {}: {n} records, chain intact",
+                    log.path().display()
+                );
+                Ok(())
+            }
+            Err(brk) => bail!("{}: {brk}", log.path().display()),
+        },
+        AuditCommand::Show { run, json } => {
+            let entries = log.entries(run.as_deref())?;
+            if let Some(r) = &run {
+                if entries.is_empty() {
+                    bail!("no audit records for run '{r}' in {}", log.path().display());
+                }
+            }
+            for e in entries {
+                if json {
+                    println!("{}", serde_json::to_string(&e).context("serialise")?);
+                    continue;
+                }
+                let r = &e.record;
+                let mut line = format!(
+                    "#{} {} {} {}/{} {}",
+                    e.seq, e.time, r.node, r.agent, r.run, r.kind
+                );
+                if let Some(s) = r.step {
+                    line.push_str(&format!(" step={s}"));
+                }
+                if let Some(t) = &r.tool {
+                    line.push_str(&format!(" tool={t}"));
+                }
+                line.push_str(&format!(" decision={}", r.decision));
+                if let Some(a) = &r.arguments {
+                    line.push_str(&format!(" args={}", one_line(&a.to_string(), 200)));
+                }
+                if let Some(res) = &r.result {
+                    line.push_str(&format!(" result={}", one_line(res, 200)));
+                }
+                if let Some(d) = &r.detail {
+                    line.push_str(&format!(" detail={}", one_line(d, 200)));
+                }
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
