@@ -1,6 +1,7 @@
 //! Types shared by every Edgewise crate: where data lives, the node configuration, sampling knobs.
 //!
-//! Invariant: this crate does no network I/O and starts no threads; it only reads the config file.
+//! Invariant: this crate does no network I/O and starts no threads; its only I/O is reading the
+//! config and agent spec files it is pointed at.
 
 pub mod agent_spec;
 pub mod config;

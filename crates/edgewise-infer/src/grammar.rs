@@ -73,10 +73,14 @@ pub(crate) fn to_grammar(c: &Constraint) -> TopLevelGrammar {
 /// under `ToolChoice::None`, away from calls entirely).
 const TEXT_RULE: &str = "TEXT: /[\\p{L}\\p{N}*#\"'-](.|\\n)*/\n";
 
+/// Text when no call is possible (`ToolChoice::None`): only what looks like a call is excluded, as
+/// any other opening is a legitimate answer.
+const TEXT_ONLY_RULE: &str = "TEXT: /[^<{`\\s](.|\\n)*/\n";
+
 /// The Lark grammar for tool use under `choice`.
 pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Constraint, String> {
     if *choice == ToolChoice::None {
-        return Ok(Constraint::Lark(format!("start: TEXT\n{TEXT_RULE}")));
+        return Ok(Constraint::Lark(format!("start: TEXT\n{TEXT_ONLY_RULE}")));
     }
     let allowed: Vec<&ToolSpec> = match choice {
         ToolChoice::Named(n) => {

@@ -135,13 +135,21 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
     // Check every capability before spending seconds on loading the model.
     edgewise_agent::ToolRegistry::from_spec(&spec, &ctx)?;
     let context_window = spec.model_config.context_window;
-    let engine = node.load_engine(Some(&choice.model), |cfg| {
-        if let Some(w) = context_window {
-            cfg.context_per_request = cfg.context_per_request.max(w);
-            cfg.kv_cells = cfg.kv_cells.max(w);
-        }
-        cfg.slots = cfg.slots.min(2);
-    })?;
+    let engine = node
+        .load_engine(Some(&choice.model), |cfg| {
+            if let Some(w) = context_window {
+                cfg.context_per_request = cfg.context_per_request.max(w);
+                cfg.kv_cells = cfg.kv_cells.max(w);
+            }
+            cfg.slots = cfg.slots.min(2);
+        })
+        .map_err(|e| match &spec.workflow_policy.fallback {
+            // Offloading needs the mesh; until a node has one, say so instead of failing vaguely.
+            Some(f) => e.context(format!(
+                "the local model cannot serve this agent, and its fallback '{f}' is unreachable: this node is not part of a mesh"
+            )),
+            None => e,
+        })?;
     let agent = Agent::new(
         spec,
         &ctx,

@@ -165,6 +165,9 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
         description: cap.description.clone().unwrap_or(default_description),
         parameters: cap.parameters.clone().unwrap_or(default_parameters),
     };
+    if cap.subscribe {
+        return Err("`subscribe: true` (a run per MQTT message) needs message triggers, which this build of edgewise does not have yet; remove it to use the topic for publishing".into());
+    }
     Ok(match &cap.endpoint {
         Endpoint::Unix(path) => Arc::new(unix::UnixTool::new(
             spec_for(

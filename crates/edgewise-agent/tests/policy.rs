@@ -1,0 +1,145 @@
+//! Policy refusals with the real tools (no model needed): path traversal, an unregistered tool,
+//! schema-invalid arguments, non-local destinations under `egress_allowed: false`. None of these
+//! calls reaches a network: refusals happen before any connection.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use edgewise_agent::tools::ToolContext;
+use edgewise_agent::{ToolError, ToolRegistry};
+use edgewise_core::{AgentSpec, NodeConfig};
+use edgewise_store::Kv;
+use serde_json::json;
+
+fn registry(dir: &Path, egress: bool) -> ToolRegistry {
+    std::fs::create_dir_all(dir.join("files/notes")).unwrap();
+    std::fs::write(dir.join("files/notes/today.txt"), "valve 4 serviced").unwrap();
+    std::fs::write(dir.join("secret.txt"), "do not read").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("files/escape")).unwrap();
+    let yaml = format!(
+        r#"agent_id: policy-test
+runtime: {{type: native}}
+capabilities:
+  - name: read_file
+    endpoint: "builtin:read_file"
+    root: files
+  - name: fetch
+    endpoint: "builtin:http_request"
+  - name: report
+    endpoint: "http://203.0.113.9/api"
+  - name: remote_alert
+    endpoint: "mqtt://198.51.100.7:1883/alerts"
+  - name: remember
+    endpoint: "builtin:kv_set"
+workflow_policy:
+  egress_allowed: {egress}
+"#
+    );
+    let spec = AgentSpec::parse(&yaml, Path::new("policy.yaml")).unwrap();
+    let ctx = ToolContext {
+        agent_id: spec.agent_id.clone(),
+        kv: Arc::new(Kv::open(&dir.join("state.redb")).unwrap()),
+        config: NodeConfig::default(),
+        egress_allowed: spec.workflow_policy.egress_allowed,
+        spec_dir: dir.to_path_buf(),
+    };
+    ToolRegistry::from_spec(&spec, &ctx).unwrap()
+}
+
+fn refused(r: Result<String, ToolError>) -> String {
+    match r {
+        Err(ToolError::Refused(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn file_tools_stay_inside_their_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), false);
+    let ok = reg
+        .call("read_file", &json!({"path": "notes/today.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(ok, "valve 4 serviced");
+    for (path, why) in [
+        ("../secret.txt", "'..'"),
+        ("/etc/passwd", "absolute"),
+        ("notes/../../secret.txt", "'..'"),
+        ("escape", "symlink"),
+    ] {
+        let m = refused(reg.call("read_file", &json!({ "path": path })).await);
+        assert!(m.contains(why), "{path}: {m}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_tools_and_bad_arguments_are_refused_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), false);
+    let m = refused(reg.call("rm_rf", &json!({})).await);
+    assert!(
+        m.contains("no tool named 'rm_rf'") && m.contains("read_file"),
+        "{m}"
+    );
+    let m = refused(reg.call("remember", &json!({"key": "k"})).await);
+    assert!(
+        m.contains("do not match its schema") && m.contains("value"),
+        "{m}"
+    );
+    let m = refused(reg.call("read_file", &json!({"path": 7})).await);
+    assert!(m.contains("/path"), "{m}");
+}
+
+#[tokio::test]
+async fn non_local_destinations_are_refused_without_egress() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), false);
+    for (tool, args) in [
+        ("fetch", json!({"url": "http://203.0.113.9/"})),
+        ("fetch", json!({"url": "http://[2001:db8::1]:8080/"})),
+        ("report", json!({"path": "/v1"})),
+        ("remote_alert", json!({"message": "zone 4"})),
+    ] {
+        let m = refused(reg.call(tool, &args).await);
+        assert!(m.contains("egress denied"), "{tool}: {m}");
+    }
+    // A loopback destination passes the policy (and fails only because nothing listens there).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = reg
+        .call(
+            "fetch",
+            &json!({"url": format!("http://127.0.0.1:{port}/")}),
+        )
+        .await;
+    assert!(matches!(r, Err(ToolError::Failed(_))), "{r:?}");
+}
+
+#[test]
+fn endpoints_this_build_cannot_serve_are_refused_at_load_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ToolContext {
+        agent_id: "a".into(),
+        kv: Arc::new(Kv::open(&dir.path().join("s.redb")).unwrap()),
+        config: NodeConfig::default(),
+        egress_allowed: false,
+        spec_dir: dir.path().to_path_buf(),
+    };
+    for (endpoint, why) in [
+        ("wasm:calc.wasm", "Wasm sandbox"),
+        ("mcp+stdio:python3 server.py", "MCP"),
+    ] {
+        let yaml =
+            format!("agent_id: a\ncapabilities:\n  - name: t\n    endpoint: \"{endpoint}\"\n");
+        let spec = AgentSpec::parse(&yaml, Path::new("a.yaml")).unwrap();
+        let err = ToolRegistry::from_spec(&spec, &ctx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(why), "{endpoint}: {err}");
+    }
+}
