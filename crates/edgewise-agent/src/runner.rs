@@ -452,22 +452,7 @@ impl Agent {
             let Some(call) = calls.into_iter().next() else {
                 rec.decision = "answer".into();
                 rec.observation = content.clone();
-                self.audit(AuditRecord {
-                    kind: "step".into(),
-                    run: run.into(),
-                    step: Some(step),
-                    model: Some(record.model.clone()),
-                    prompt_sha256: Some(prompt_sha),
-                    result: Some(content.clone()),
-                    result_sha256: Some(sha256_hex(content.as_bytes())),
-                    result_bytes: Some(content.len() as u64),
-                    decision: "answer".into(),
-                    duration_ms: generation_ms as u64,
-                    ..Default::default()
-                })?;
-                record.steps.push(rec.clone());
-                self.runs.save(record)?;
-                emit(StepEvent::Step(rec));
+                self.finish_step(record, rec, &prompt_sha, None, emit)?;
                 record.status = RunStatus::Completed;
                 record.answer = Some(content);
                 return Ok(());
@@ -494,22 +479,13 @@ impl Agent {
                 rec.tool = Some(call.name.clone());
                 rec.arguments = Some(call.arguments.clone());
                 rec.observation = observation.clone();
-                self.audit(AuditRecord {
-                    kind: "step".into(),
-                    run: run.into(),
-                    step: Some(step),
-                    model: Some(record.model.clone()),
-                    prompt_sha256: Some(prompt_sha),
-                    tool: Some(call.name.clone()),
-                    arguments: Some(call.arguments.clone()),
-                    decision: "repeat".into(),
-                    detail: Some("identical to an earlier successful call; not executed".into()),
-                    duration_ms: generation_ms as u64,
-                    ..Default::default()
-                })?;
-                record.steps.push(rec.clone());
-                self.runs.save(record)?;
-                emit(StepEvent::Step(rec));
+                self.finish_step(
+                    record,
+                    rec,
+                    &prompt_sha,
+                    Some("identical to an earlier successful call; not executed".into()),
+                    emit,
+                )?;
                 messages.push(json!({"role": "assistant", "content": output}));
                 messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
                 continue;
@@ -533,26 +509,7 @@ impl Agent {
             };
             rec.decision = decision.into();
             rec.observation = observation.clone();
-            let args_text = call.arguments.to_string();
-            self.audit(AuditRecord {
-                kind: "step".into(),
-                run: run.into(),
-                step: Some(step),
-                model: Some(record.model.clone()),
-                prompt_sha256: Some(prompt_sha),
-                tool: Some(call.name.clone()),
-                arguments: Some(call.arguments.clone()),
-                arguments_sha256: Some(sha256_hex(args_text.as_bytes())),
-                result: Some(observation.clone()),
-                result_sha256: Some(sha256_hex(observation.as_bytes())),
-                result_bytes: Some(observation.len() as u64),
-                decision: decision.into(),
-                duration_ms: (generation_ms + rec.tool_ms) as u64,
-                ..Default::default()
-            })?;
-            record.steps.push(rec.clone());
-            self.runs.save(record)?;
-            emit(StepEvent::Step(rec));
+            self.finish_step(record, rec, &prompt_sha, None, emit)?;
 
             if result.is_ok() {
                 done_calls.push((call.name.clone(), call.arguments.clone(), step));
@@ -579,6 +536,42 @@ impl Agent {
             "no answer after limits.max_steps ({}) steps",
             limits.max_steps
         ));
+        Ok(())
+    }
+
+    /// Audits a finished step, then records and reports it (in that order: nothing is reported
+    /// that is not on the audit log).
+    fn finish_step(
+        &self,
+        record: &mut RunRecord,
+        rec: StepRecord,
+        prompt_sha: &str,
+        detail: Option<String>,
+        emit: &impl Fn(StepEvent),
+    ) -> Result<(), AgentError> {
+        self.audit(AuditRecord {
+            kind: "step".into(),
+            run: record.run.clone(),
+            step: Some(rec.step),
+            model: Some(record.model.clone()),
+            prompt_sha256: Some(prompt_sha.to_owned()),
+            tool: rec.tool.clone(),
+            arguments: rec.arguments.clone(),
+            arguments_sha256: rec
+                .arguments
+                .as_ref()
+                .map(|a| sha256_hex(a.to_string().as_bytes())),
+            result: Some(rec.observation.clone()),
+            result_sha256: Some(sha256_hex(rec.observation.as_bytes())),
+            result_bytes: Some(rec.observation.len() as u64),
+            decision: rec.decision.clone(),
+            detail,
+            duration_ms: (rec.generation_ms + rec.tool_ms) as u64,
+            ..Default::default()
+        })?;
+        record.steps.push(rec.clone());
+        self.runs.save(record)?;
+        emit(StepEvent::Step(rec));
         Ok(())
     }
 

@@ -9,8 +9,7 @@ use edgewise_infer::ToolSpec;
 use reqwest::Url;
 use serde_json::Value;
 
-use super::{Tool, ToolError};
-use crate::egress;
+use super::{resolve_destination, Tool, ToolError};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -96,15 +95,7 @@ impl Tool for HttpTool {
             .trim_end_matches(']')
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
-        let addrs = egress::resolve_checked(&host, port, self.egress_allowed)
-            .await
-            .map_err(|e| {
-                if e.starts_with("egress denied") {
-                    ToolError::Refused(e)
-                } else {
-                    ToolError::Failed(e)
-                }
-            })?;
+        let addrs = resolve_destination(&host, port, self.egress_allowed).await?;
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())

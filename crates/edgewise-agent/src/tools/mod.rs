@@ -55,6 +55,24 @@ impl ToolContext {
     }
 }
 
+/// Resolves a tool's destination under the egress policy: a policy refusal is `Refused`, a name
+/// that does not resolve is `Failed`.
+pub(crate) async fn resolve_destination(
+    host: &str,
+    port: u16,
+    egress_allowed: bool,
+) -> Result<Vec<std::net::SocketAddr>, ToolError> {
+    crate::egress::resolve_checked(host, port, egress_allowed)
+        .await
+        .map_err(|e| {
+            if e.starts_with("egress denied") {
+                ToolError::Refused(e)
+            } else {
+                ToolError::Failed(e)
+            }
+        })
+}
+
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Registered {

@@ -8,8 +8,7 @@ use edgewise_infer::ToolSpec;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-use super::{Tool, ToolError};
-use crate::egress;
+use super::{resolve_destination, Tool, ToolError};
 
 pub struct MqttTool {
     spec: ToolSpec,
@@ -88,15 +87,7 @@ pub async fn publish(
         ),
         None => (broker, 1883),
     };
-    let addrs = egress::resolve_checked(host, port, egress_allowed)
-        .await
-        .map_err(|e| {
-            if e.starts_with("egress denied") {
-                ToolError::Refused(e)
-            } else {
-                ToolError::Failed(e)
-            }
-        })?;
+    let addrs = resolve_destination(host, port, egress_allowed).await?;
     let addr = addrs[0];
     let id = format!("edgewise-{}", uuid::Uuid::new_v4().simple());
     let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
