@@ -19,26 +19,39 @@ pub fn is_local(ip: IpAddr) -> bool {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EgressError {
+    /// The policy forbids the destination.
+    #[error("egress denied: {host} resolves to {ip}, outside the local trust domain, and this agent's policy has egress_allowed: false")]
+    Denied { host: String, ip: IpAddr },
+    #[error("cannot resolve {host}: {message}")]
+    Unresolvable { host: String, message: String },
+}
+
 /// Resolves `host:port` and returns the addresses, refusing any outside the trust domain when
 /// egress is not allowed.
 pub async fn resolve_checked(
     host: &str,
     port: u16,
     egress_allowed: bool,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, EgressError> {
+    let unresolvable = |message: String| EgressError::Unresolvable {
+        host: host.to_owned(),
+        message,
+    };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|e| unresolvable(e.to_string()))?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("{host} resolved to no address"));
+        return Err(unresolvable("no address".into()));
     }
     if !egress_allowed {
         if let Some(outside) = addrs.iter().find(|a| !is_local(a.ip())) {
-            return Err(format!(
-                "egress denied: {host} resolves to {}, outside the local trust domain, and this agent's policy has egress_allowed: false",
-                outside.ip()
-            ));
+            return Err(EgressError::Denied {
+                host: host.to_owned(),
+                ip: outside.ip(),
+            });
         }
     }
     Ok(addrs)
@@ -77,7 +90,10 @@ mod tests {
 
     #[tokio::test]
     async fn literal_public_address_is_refused_without_any_traffic() {
-        let err = resolve_checked("203.0.113.7", 80, false).await.unwrap_err();
+        let err = resolve_checked("203.0.113.7", 80, false)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("egress denied"), "{err}");
         assert!(resolve_checked("127.0.0.1", 80, false).await.is_ok());
         assert!(resolve_checked("203.0.113.7", 80, true).await.is_ok());

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use edgewise_core::{AgentSpec, AuditContent, SamplingParams};
 use edgewise_infer::{
-    grammar::describe_tools_for_prompt, parse_tool_calls, tool_call_grammar, Engine, Event,
-    GenerateRequest, ToolChoice, Usage,
+    grammar::describe_tools_for_prompt, parse_tool_calls, tool_call_grammar, Completion, Engine,
+    Event, GenerateRequest, InferError, ToolChoice,
 };
 use edgewise_store::{sha256_hex, AuditLog, AuditRecord, Kv};
 use serde::{Deserialize, Serialize};
@@ -116,15 +116,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// `tools` come from `ToolRegistry::from_spec(&spec, ctx)`, built by the caller so that a spec
+    /// with an unusable capability fails before the model is loaded.
     pub fn new(
         spec: AgentSpec,
+        tools: ToolRegistry,
         ctx: &ToolContext,
         engine: Arc<Engine>,
         audit: Arc<AuditLog>,
         node: String,
-    ) -> Result<Self, AgentError> {
-        let tools = ToolRegistry::from_spec(&spec, ctx)?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             spec,
             tools,
             engine,
@@ -133,7 +135,7 @@ impl Agent {
             runs: RunStore::new(ctx.kv.clone()),
             node,
             audit_content: ctx.config.audit_content,
-        })
+        }
     }
 
     pub fn tools(&self) -> &ToolRegistry {
@@ -275,12 +277,8 @@ impl Agent {
         self.runs.save(&record)?;
 
         let limits = &self.spec.limits;
-        let deadline = Instant::now() + limits.timeout;
-        let result = tokio::time::timeout(
-            limits.timeout,
-            self.steps(task, &opts, &run, &mut record, &emit, deadline),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(limits.timeout, self.steps(task, &opts, &mut record, &emit)).await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
@@ -325,10 +323,8 @@ impl Agent {
         &self,
         task: &str,
         opts: &RunOptions,
-        run: &str,
         record: &mut RunRecord,
         emit: &impl Fn(StepEvent),
-        deadline: Instant,
     ) -> Result<(), AgentError> {
         let spec = &self.spec;
         let limits = &spec.limits;
@@ -344,7 +340,6 @@ impl Agent {
         let mut done_calls: Vec<(String, Value, u32)> = Vec::new();
         let mut must_answer = false;
         let mut repeats = 0u32;
-        let context_window = spec.model_config.context_window.unwrap_or(u32::MAX);
         let seed = opts
             .seed
             .or(spec.model_config.seed)
@@ -363,14 +358,6 @@ impl Agent {
                     true,
                 )
                 .map_err(|e| AgentError::Other(format!("chat template: {e}")))?;
-            let prompt_tokens = self.count_tokens(&prompt).await?;
-            if prompt_tokens as u32 >= context_window {
-                record.status = RunStatus::Failed;
-                record.error = Some(format!(
-                    "step {step}: the conversation ({prompt_tokens} tokens) no longer fits model_config.context_window ({context_window})"
-                ));
-                return Ok(());
-            }
             // Tools still within budget; none once the run's call budget is spent.
             let available: Vec<_> = if total_calls >= limits.max_tool_calls {
                 Vec::new()
@@ -408,13 +395,11 @@ impl Agent {
             } else {
                 None
             };
-            let max_tokens = spec
-                .model_config
-                .max_tokens
-                .unwrap_or(DEFAULT_STEP_TOKENS)
-                .min(context_window.saturating_sub(prompt_tokens as u32));
             let mut req = GenerateRequest::new(prompt.clone());
-            req.max_tokens = max_tokens;
+            req.max_tokens = spec.model_config.max_tokens.unwrap_or(DEFAULT_STEP_TOKENS);
+            // The engine checks the window on the prompt it tokenizes anyway, and stops the
+            // answer at the window's end.
+            req.context_limit = spec.model_config.context_window;
             req.sampling = SamplingParams {
                 temperature: spec.model_config.temperature.unwrap_or(0.2),
                 seed: seed.wrapping_add(step),
@@ -422,8 +407,18 @@ impl Agent {
             };
             req.constraint = constraint;
             let started = Instant::now();
-            let (output, usage) = match self.generate(req, deadline).await {
-                Ok(x) => x,
+            let (output, usage) = match self.generate(req).await {
+                Ok(c) => (c.text, c.usage),
+                Err(InferError::ContextOverflow {
+                    prompt_tokens,
+                    limit,
+                }) => {
+                    record.status = RunStatus::Failed;
+                    record.error = Some(format!(
+                        "step {step}: the conversation ({prompt_tokens} tokens) no longer fits the context window ({limit} tokens, model_config.context_window)"
+                    ));
+                    return Ok(());
+                }
                 Err(e) => {
                     record.status = RunStatus::Failed;
                     record.error = Some(format!("step {step}: the model failed: {e}"));
@@ -490,8 +485,7 @@ impl Agent {
                 messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
                 continue;
             }
-            let result = if !within_budget && self.tools.specs().iter().any(|t| t.name == call.name)
-            {
+            let result = if !within_budget && all_tools.iter().any(|t| t.name == call.name) {
                 Err(ToolError::Refused(format!(
                     "the call budget for '{}' is spent in this run",
                     call.name
@@ -594,32 +588,17 @@ impl Agent {
         Ok(out)
     }
 
-    async fn count_tokens(&self, text: &str) -> Result<usize, AgentError> {
-        let engine = self.engine.clone();
-        let text = text.to_owned();
-        tokio::task::spawn_blocking(move || engine.count_tokens(&text))
-            .await
-            .map_err(|e| AgentError::Other(e.to_string()))?
-            .map_err(AgentError::from)
-    }
-
-    async fn generate(
-        &self,
-        req: GenerateRequest,
-        deadline: Instant,
-    ) -> Result<(String, Usage), String> {
-        let mut rx = self.engine.submit(req).map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left.max(Duration::from_millis(1)), rx.recv()).await {
-                Err(_) => return Err("timed out".into()),
-                Ok(None) => return Err("the engine stopped".into()),
-                Ok(Some(Event::Delta(d))) => text.push_str(&d),
-                Ok(Some(Event::Done(c))) => return Ok((c.text, c.usage)),
-                Ok(Some(Event::Error(e))) => return Err(e.to_string()),
+    /// One generation to its end; dropping the future (run timeout) cancels it in the engine.
+    async fn generate(&self, req: GenerateRequest) -> Result<Completion, InferError> {
+        let mut rx = self.engine.submit(req)?;
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Delta(_) => {}
+                Event::Done(c) => return Ok(c),
+                Event::Error(e) => return Err(e),
             }
         }
+        Err(InferError::EngineStopped)
     }
 }
 

@@ -19,6 +19,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub constraint: Option<Constraint>,
+    /// Tighter prompt + completion limit than the engine's `context_per_request` (an agent's
+    /// `context_window`); checked against the prompt the engine tokenizes anyway.
+    pub context_limit: Option<u32>,
 }
 
 impl GenerateRequest {
@@ -29,6 +32,7 @@ impl GenerateRequest {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             constraint: None,
+            context_limit: None,
         }
     }
 }

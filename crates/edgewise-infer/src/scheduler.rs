@@ -189,6 +189,12 @@ impl<'m> Scheduler<'m> {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Prompt + completion cells `req` may use: the engine's limit, or the request's if tighter.
+    fn context_limit(&self, req: &GenerateRequest) -> usize {
+        let node = self.cfg.context_per_request;
+        req.context_limit.map_or(node, |r| r.min(node)) as usize
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Generate {
@@ -197,7 +203,7 @@ impl<'m> Scheduler<'m> {
                 queued_at,
             } => {
                 let tokens = self.tokenize(&req.prompt);
-                let limit = self.cfg.context_per_request as usize;
+                let limit = self.context_limit(&req);
                 let err = if tokens.is_empty() {
                     Some(InferError::EmptyPrompt)
                 } else if tokens.len() >= limit {
@@ -402,7 +408,7 @@ impl<'m> Scheduler<'m> {
                     .clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None);
                 self.slots[target].cached.truncate(reuse);
             }
-            let limit = self.cfg.context_per_request as usize;
+            let limit = self.context_limit(&w.req);
             let reservation = (w.tokens.len() + w.req.max_tokens as usize).min(limit);
             if !self.make_room(target, reservation) {
                 // Running requests hold the cells; wait for one to finish.

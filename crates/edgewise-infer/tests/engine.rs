@@ -277,6 +277,28 @@ fn full_queue_is_refused_immediately() {
 }
 
 #[test]
+fn a_request_context_limit_tighter_than_the_node_is_enforced() {
+    let e = engine();
+    let prompt = "pressure reading ".repeat(100);
+    let mut req = greedy(prompt.clone(), 4);
+    req.context_limit = Some(64);
+    match e.generate_blocking(req, |_| {}) {
+        Err(InferError::ContextOverflow {
+            prompt_tokens,
+            limit,
+        }) => assert!(
+            limit == 64 && prompt_tokens >= 64,
+            "{prompt_tokens} vs {limit}"
+        ),
+        other => panic!("expected ContextOverflow at 64, got {other:?}"),
+    }
+    // The same prompt fits the node's own limit, and a loose request limit changes nothing.
+    let mut req = greedy(prompt, 4);
+    req.context_limit = Some(1_000_000);
+    assert!(e.generate_blocking(req, |_| {}).is_ok());
+}
+
+#[test]
 fn prompt_over_the_context_limit_is_an_error_event() {
     let e = engine();
     let long = "pressure reading ".repeat(3000);

@@ -90,12 +90,8 @@ pub fn run(node: &Node, cmd: AgentCommand) -> Result<()> {
     }
 }
 
-fn load_spec(path: &Path) -> Result<AgentSpec> {
-    Ok(AgentSpec::load(path)?)
-}
-
 fn validate(node: &Node, path: &Path) -> Result<()> {
-    let spec = load_spec(path)?;
+    let spec = AgentSpec::load(path)?;
     let choice = choose_model(&spec, &node.config, None, |n| {
         node.store.catalog().get(n).is_some()
     })
@@ -112,7 +108,7 @@ fn validate(node: &Node, path: &Path) -> Result<()> {
 }
 
 fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
-    let spec = load_spec(&args.spec)?;
+    let spec = AgentSpec::load(&args.spec)?;
     let choice = choose_model(&spec, &node.config, args.task_type.as_deref(), |n| {
         node.store.catalog().get(n).is_some()
     })
@@ -132,8 +128,8 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
             .map(Path::to_path_buf)
             .unwrap_or_default(),
     };
-    // Check every capability before spending seconds on loading the model.
-    edgewise_agent::ToolRegistry::from_spec(&spec, &ctx)?;
+    // Build (and so check) every capability before spending seconds on loading the model.
+    let tools = edgewise_agent::ToolRegistry::from_spec(&spec, &ctx)?;
     let context_window = spec.model_config.context_window;
     let engine = node
         .load_engine(Some(&choice.model), |cfg| {
@@ -152,11 +148,12 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
         })?;
     let agent = Agent::new(
         spec,
+        tools,
         &ctx,
         Arc::new(engine),
         state.audit.clone(),
         node.config.node_name(),
-    )?;
+    );
     let opts = RunOptions {
         constrained: !args.no_constraints,
         seed: args.seed,

@@ -214,34 +214,39 @@ impl Tool for KvTool {
     }
 
     async fn call(&self, args: Value) -> Result<String, ToolError> {
-        let key = args.get("key").and_then(Value::as_str).unwrap_or_default();
+        let key = args
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let kv = self.kv.clone();
         let ns = self.namespace.clone();
-        let key = key.to_owned();
+        let k = key.clone();
         if self.write {
             let value = match args.get("value") {
                 Some(Value::String(s)) => s.clone(),
                 Some(v) => v.to_string(),
                 None => String::new(),
             };
-            let k = key.clone();
-            tokio::task::spawn_blocking(move || kv.set(&ns, &k, value.as_bytes()))
-                .await
-                .map_err(|e| ToolError::Failed(e.to_string()))?
-                .map_err(|e| ToolError::Failed(e.to_string()))?;
+            off_runtime(move || kv.set(&ns, &k, value.as_bytes())).await?;
             Ok(format!("stored '{key}'"))
         } else {
-            let k = key.clone();
-            let v = tokio::task::spawn_blocking(move || kv.get(&ns, &k))
-                .await
-                .map_err(|e| ToolError::Failed(e.to_string()))?
-                .map_err(|e| ToolError::Failed(e.to_string()))?;
-            match v {
+            match off_runtime(move || kv.get(&ns, &k)).await? {
                 Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
                 None => Err(ToolError::Failed(format!("no value stored under '{key}'"))),
             }
         }
     }
+}
+
+/// Runs a (blocking, fsyncing) store operation off the async runtime's threads.
+async fn off_runtime<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, edgewise_store::StoreError> + Send + 'static,
+) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| ToolError::Failed(e.to_string()))?
+        .map_err(|e| ToolError::Failed(e.to_string()))
 }
 
 struct TimeTool {

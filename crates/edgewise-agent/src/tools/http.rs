@@ -47,12 +47,13 @@ impl HttpTool {
     }
 
     fn target(&self, args: &Value) -> Result<Url, ToolError> {
-        let refused = |m: String| ToolError::Refused(m);
         match &self.base {
             Some(base) => {
                 let path = args.get("path").and_then(Value::as_str).unwrap_or("");
                 if path.contains("://") || path.starts_with("//") {
-                    return Err(refused(format!("path '{path}' must be relative to {base}")));
+                    return Err(ToolError::Refused(format!(
+                        "path '{path}' must be relative to {base}"
+                    )));
                 }
                 let joined = format!("{}{}", base.as_str().trim_end_matches('/'), {
                     if path.is_empty() || path.starts_with('/') {
@@ -61,14 +62,15 @@ impl HttpTool {
                         format!("/{path}")
                     }
                 });
-                Url::parse(&joined).map_err(|e| refused(format!("invalid URL {joined}: {e}")))
+                Url::parse(&joined)
+                    .map_err(|e| ToolError::Refused(format!("invalid URL {joined}: {e}")))
             }
             None => {
                 let url = args
                     .get("url")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| refused("`url` is required".into()))?;
-                Url::parse(url).map_err(|e| refused(format!("invalid URL {url}: {e}")))
+                    .ok_or_else(|| ToolError::Refused("`url` is required".into()))?;
+                Url::parse(url).map_err(|e| ToolError::Refused(format!("invalid URL {url}: {e}")))
             }
         }
     }

@@ -62,14 +62,12 @@ pub(crate) async fn resolve_destination(
     port: u16,
     egress_allowed: bool,
 ) -> Result<Vec<std::net::SocketAddr>, ToolError> {
-    crate::egress::resolve_checked(host, port, egress_allowed)
+    use crate::egress::{resolve_checked, EgressError};
+    resolve_checked(host, port, egress_allowed)
         .await
-        .map_err(|e| {
-            if e.starts_with("egress denied") {
-                ToolError::Refused(e)
-            } else {
-                ToolError::Failed(e)
-            }
+        .map_err(|e| match e {
+            EgressError::Denied { .. } => ToolError::Refused(e.to_string()),
+            EgressError::Unresolvable { .. } => ToolError::Failed(e.to_string()),
         })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use edgewise_infer::ToolSpec;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::{Tool, ToolError};
@@ -58,8 +58,6 @@ impl UnixTool {
         Ok(reply.trim_end().to_owned())
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 #[async_trait]
 impl Tool for UnixTool {
