@@ -9,13 +9,16 @@
 
 pub mod egress;
 mod error;
+pub mod eval;
+mod host;
 mod model_choice;
 mod runner;
 pub mod runs;
 pub mod tools;
 
 pub use error::AgentError;
+pub use host::AgentHost;
 pub use model_choice::{choose_model, ModelChoice};
-pub use runner::{Agent, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord};
+pub use runner::{new_run_id, Agent, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord};
 pub use runs::{RunRecord, RunStore};
 pub use tools::{Tool, ToolError, ToolRegistry};

@@ -14,6 +14,7 @@ use edgewise_store::{sha256_hex, AuditLog, AuditRecord, Kv};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::runs::{RunRecord, RunStore};
@@ -34,6 +35,8 @@ pub enum RunStatus {
     StepLimit,
     /// `limits.timeout` passed.
     Timeout,
+    /// Stopped on request (API `DELETE`, node shutdown).
+    Cancelled,
     /// The node stopped mid-run (found at the next start).
     Interrupted,
 }
@@ -90,6 +93,8 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Overrides the spec's sampling seed.
     pub seed: Option<u32>,
+    /// Cancelling ends the run with status `cancelled` (the generation in flight is dropped).
+    pub cancel: Option<CancellationToken>,
 }
 
 impl Default for RunOptions {
@@ -99,6 +104,7 @@ impl Default for RunOptions {
             force_tool_steps: 0,
             run_id: None,
             seed: None,
+            cancel: None,
         }
     }
 }
@@ -136,6 +142,11 @@ impl Agent {
             node,
             audit_content: ctx.config.audit_content,
         }
+    }
+
+    /// The model this agent's runs use.
+    pub fn model_name(&self) -> &str {
+        &self.engine.info().name
     }
 
     pub fn tools(&self) -> &ToolRegistry {
@@ -204,10 +215,7 @@ impl Agent {
         opts: RunOptions,
         events: Option<UnboundedSender<StepEvent>>,
     ) -> Result<RunOutcome, AgentError> {
-        let run = opts
-            .run_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let run = opts.run_id.clone().unwrap_or_else(new_run_id);
         let span = tracing::info_span!("agent_run", agent = %self.spec.agent_id, run = %run);
         self.run_inner(task, opts, events, run)
             .instrument(span)
@@ -277,17 +285,24 @@ impl Agent {
         self.runs.save(&record)?;
 
         let limits = &self.spec.limits;
-        let result =
-            tokio::time::timeout(limits.timeout, self.steps(task, &opts, &mut record, &emit)).await;
+        let cancel = opts.cancel.clone().unwrap_or_default();
+        let result = tokio::select! {
+            r = tokio::time::timeout(limits.timeout, self.steps(task, &opts, &mut record, &emit)) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
         match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(_)) => {
                 record.status = RunStatus::Timeout;
                 record.error = Some(format!(
                     "the run did not finish within limits.timeout ({})",
                     humanize(limits.timeout)
                 ));
+            }
+            None => {
+                record.status = RunStatus::Cancelled;
+                record.error = Some("the run was cancelled".into());
             }
         }
         record.ended =
@@ -340,14 +355,18 @@ impl Agent {
         let mut done_calls: Vec<(String, Value, u32)> = Vec::new();
         let mut must_answer = false;
         let mut repeats = 0u32;
+        // A tool the model just called again verbatim is left out of the grammar until another
+        // call succeeds: a small model stuck on one call then has to pick another tool or answer.
+        let mut looping_on: Option<String> = None;
         let seed = opts
             .seed
             .or(spec.model_config.seed)
             .unwrap_or_else(rand_seed);
 
         for step in 1..=limits.max_steps {
+            // Instrumenting the awaits (not entering the span) keeps it off other tasks of this
+            // thread while the step waits.
             let span = tracing::info_span!("agent_step", step);
-            let _enter = span.enter();
             let prompt = self
                 .engine
                 .template()
@@ -373,7 +392,12 @@ impl Agent {
                     .cloned()
                     .collect()
             };
-            let choice = if available.is_empty() || must_answer {
+            let offered: Vec<_> = available
+                .iter()
+                .filter(|t| looping_on.as_deref() != Some(t.name.as_str()))
+                .cloned()
+                .collect();
+            let choice = if offered.is_empty() || must_answer {
                 ToolChoice::None
             } else if step <= opts.force_tool_steps
                 || total_calls < limits.min_tool_calls.min(limits.max_tool_calls)
@@ -383,10 +407,10 @@ impl Agent {
                 ToolChoice::Auto
             };
             let constraint = if opts.constrained && !all_tools.is_empty() {
-                let grammar_tools = if available.is_empty() {
+                let grammar_tools = if offered.is_empty() {
                     &all_tools
                 } else {
-                    &available
+                    &offered
                 };
                 Some(
                     tool_call_grammar(grammar_tools, &choice)
@@ -407,7 +431,7 @@ impl Agent {
             };
             req.constraint = constraint;
             let started = Instant::now();
-            let (output, usage) = match self.generate(req).await {
+            let (output, usage) = match generate(&self.engine, req).instrument(span.clone()).await {
                 Ok(c) => (c.text, c.usage),
                 Err(InferError::ContextOverflow {
                     prompt_tokens,
@@ -464,6 +488,7 @@ impl Agent {
                 // move on; the second time it has run out of actions and must answer.
                 repeats += 1;
                 must_answer = repeats >= 2;
+                looping_on = Some(call.name.clone());
                 let observation = if must_answer {
                     "This call was already made and its result is above. Give your final answer now."
                 } else {
@@ -491,7 +516,10 @@ impl Agent {
                     call.name
                 )))
             } else {
-                self.tools.call(&call.name, &call.arguments).await
+                self.tools
+                    .call(&call.name, &call.arguments)
+                    .instrument(span.clone())
+                    .await
             };
             rec.tool_ms = tool_started.elapsed().as_secs_f64() * 1000.0;
             rec.tool = Some(call.name.clone());
@@ -506,6 +534,7 @@ impl Agent {
             self.finish_step(record, rec, &prompt_sha, None, emit)?;
 
             if result.is_ok() {
+                looping_on = None;
                 done_calls.push((call.name.clone(), call.arguments.clone(), step));
                 total_calls += 1;
                 *calls_by_tool.entry(call.name.clone()).or_default() += 1;
@@ -587,19 +616,22 @@ impl Agent {
         }
         Ok(out)
     }
+}
 
-    /// One generation to its end; dropping the future (run timeout) cancels it in the engine.
-    async fn generate(&self, req: GenerateRequest) -> Result<Completion, InferError> {
-        let mut rx = self.engine.submit(req)?;
-        while let Some(event) = rx.recv().await {
-            match event {
-                Event::Delta(_) => {}
-                Event::Done(c) => return Ok(c),
-                Event::Error(e) => return Err(e),
-            }
+/// One generation to its end; dropping the future (run timeout, cancel) cancels it in the engine.
+pub(crate) async fn generate(
+    engine: &Engine,
+    req: GenerateRequest,
+) -> Result<Completion, InferError> {
+    let mut rx = engine.submit(req)?;
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Delta(_) => {}
+            Event::Done(c) => return Ok(c),
+            Event::Error(e) => return Err(e),
         }
-        Err(InferError::EngineStopped)
     }
+    Err(InferError::EngineStopped)
 }
 
 fn outcome_of(r: &RunRecord) -> RunOutcome {
@@ -616,6 +648,11 @@ fn outcome_of(r: &RunRecord) -> RunOutcome {
 
 fn humanize(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
+}
+
+/// A fresh run id: 12 hex digits, short enough to type, unique enough for one node.
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 fn rand_seed() -> u32 {

@@ -53,6 +53,11 @@ impl DataDir {
         self.root.join("audit").join("audit.jsonl")
     }
     /// Node configuration.
+    /// Where relative paths of agents registered over the API resolve (roots, components).
+    pub fn agents(&self) -> PathBuf {
+        self.root.join("agents")
+    }
+
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")
     }

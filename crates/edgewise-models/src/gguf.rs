@@ -318,7 +318,7 @@ pub fn write_fixture(strings: &[(&str, &str)], tensors: &[(&str, u64)]) -> Vec<u
         data_end = offset + n * 4;
         offset += (n * 4).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     }
-    while out.len() as u64 % DEFAULT_ALIGNMENT != 0 {
+    while !(out.len() as u64).is_multiple_of(DEFAULT_ALIGNMENT) {
         out.push(0);
     }
     out.resize(out.len() + data_end as usize, 0);

@@ -109,8 +109,8 @@ mod tests {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let pk = public_key_hex(&key);
         let sig = sign(&key, "m", &"a".repeat(64), 10);
-        assert!(verify(&sig, "m", &"a".repeat(64), 10, &[pk.clone()]).is_ok());
-        let err = verify(&sig, "m", &"b".repeat(64), 10, &[pk.clone()]).unwrap_err();
+        assert!(verify(&sig, "m", &"a".repeat(64), 10, std::slice::from_ref(&pk)).is_ok());
+        let err = verify(&sig, "m", &"b".repeat(64), 10, std::slice::from_ref(&pk)).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
         let err = verify(&sig, "m", &"a".repeat(64), 10, &["00".repeat(32)]).unwrap_err();
         assert!(err.contains("not among"), "{err}");

@@ -456,12 +456,12 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
         let pk = signing::public_key_hex(&key);
         let err = s
-            .open_for_load("tiny", &[pk.clone()])
+            .open_for_load("tiny", std::slice::from_ref(&pk))
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsigned"), "{err}");
         s.sign("tiny", &key).unwrap();
-        s.open_for_load("tiny", &[pk.clone()]).unwrap();
+        s.open_for_load("tiny", std::slice::from_ref(&pk)).unwrap();
         // A signature by another key is refused, naming the check.
         let other = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
         s.sign("tiny", &other).unwrap();

@@ -4,6 +4,7 @@
 //! Invariants: binds what it is told (the CLI defaults to 127.0.0.1); every error body is OpenAI's
 //! error JSON; a client that disconnects cancels its generation.
 
+mod agents;
 mod embeddings;
 mod error;
 mod metrics;
@@ -22,17 +23,20 @@ use std::path::PathBuf;
 use edgewise_infer::Engine;
 use serde_json::json;
 
+pub use agents::AgentHub;
 pub use error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
     pub(crate) context_per_request: u32,
+    /// `None` on a node started without agents.
+    pub(crate) agents: Option<Arc<AgentHub>>,
 }
 
 /// Shared by all handlers behind one `Arc`.
 pub struct Inner {
-    pub(crate) engine: Engine,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) embedder: Option<embeddings::LazyEmbedder>,
     pub(crate) api_key: Option<String>,
     pub(crate) metrics: metrics::HttpMetrics,
@@ -48,7 +52,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// `context_per_request` is also the default `max_tokens`: generation stops at the context limit.
     pub fn new(
-        engine: Engine,
+        engine: Arc<Engine>,
         embedder: Option<(String, PathBuf)>,
         api_key: Option<String>,
         context_per_request: u32,
@@ -61,7 +65,14 @@ impl AppState {
                 metrics: metrics::HttpMetrics::default(),
             }),
             context_per_request,
+            agents: None,
         }
+    }
+
+    /// Serves the agents API from `hub`.
+    pub fn with_agents(mut self, hub: Arc<AgentHub>) -> Self {
+        self.agents = Some(hub);
+        self
     }
 
     fn served_models(&self) -> Vec<String> {
@@ -87,6 +98,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(list_models))
+        .route("/v1/agents", post(agents::register).get(agents::list))
+        .route("/v1/agents/{id}", get(agents::show).delete(agents::remove))
+        .route(
+            "/v1/agents/{id}/runs",
+            post(agents::start_run).get(agents::list_runs),
+        )
+        .route(
+            "/v1/agents/{id}/runs/{run}",
+            get(agents::get_run).delete(agents::delete_run),
+        )
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -149,8 +170,17 @@ pub async fn serve(state: AppState, listen: &str) -> anyhow::Result<()> {
         "edgewise serving {} on http://{addr} (OpenAI API at /v1)",
         state.engine.info().name
     );
+    let agents = state.agents.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Streams of runs in flight end once their runs are cancelled and recorded; then the
+        // graceful shutdown can finish.
+        if let Some(hub) = agents {
+            hub.cancel_all(std::time::Duration::from_secs(10)).await;
+        }
+    };
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }

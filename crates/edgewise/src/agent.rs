@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use edgewise_agent::tools::ToolContext;
-use edgewise_agent::{choose_model, Agent, RunOptions, RunStatus, RunStore, StepEvent};
+use edgewise_agent::{choose_model, AgentHost, RunOptions, RunStatus, StepEvent};
 use edgewise_core::AgentSpec;
-use edgewise_store::{AuditLog, AuditRecord, Kv};
+use edgewise_store::AuditLog;
 
 use crate::node::Node;
 
@@ -56,31 +55,9 @@ pub enum AuditCommand {
     },
 }
 
-/// The node's durable state, opened once per process.
-pub struct State {
-    pub kv: Arc<Kv>,
-    pub audit: Arc<AuditLog>,
-}
-
-impl State {
-    /// Opens KV and audit log, and marks runs left `running` by a dead process as interrupted.
-    pub fn open(node: &Node) -> Result<Self> {
-        let kv = Arc::new(Kv::open(&node.data.state_db())?);
-        let audit = Arc::new(AuditLog::open(&node.data.audit_log())?);
-        for r in RunStore::new(kv.clone()).mark_interrupted()? {
-            tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
-            audit.append(&AuditRecord {
-                kind: "run_interrupted".into(),
-                node: node.config.node_name(),
-                agent: r.agent.clone(),
-                run: r.run.clone(),
-                decision: "interrupted".into(),
-                detail: r.error.clone(),
-                ..Default::default()
-            })?;
-        }
-        Ok(Self { kv, audit })
-    }
+/// The node's agent services; marks runs a dead process left `running` as interrupted.
+pub fn open_host(node: &Node) -> Result<AgentHost> {
+    Ok(AgentHost::open(&node.data, node.config.clone())?)
 }
 
 pub fn run(node: &Node, cmd: AgentCommand) -> Result<()> {
@@ -116,20 +93,14 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
     if let Some(w) = &choice.warning {
         eprintln!("warning: {w}");
     }
-    let state = State::open(node)?;
-    let ctx = ToolContext {
-        agent_id: spec.agent_id.clone(),
-        kv: state.kv.clone(),
-        config: node.config.clone(),
-        egress_allowed: spec.workflow_policy.egress_allowed,
-        spec_dir: args
-            .spec
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    };
+    let host = open_host(node)?;
+    let spec_dir = args
+        .spec
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     // Build (and so check) every capability before spending seconds on loading the model.
-    let tools = edgewise_agent::ToolRegistry::from_spec(&spec, &ctx)?;
+    let tools = host.tools(&spec, &spec_dir)?;
     let context_window = spec.model_config.context_window;
     let engine = node
         .load_engine(Some(&choice.model), |cfg| {
@@ -146,14 +117,7 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
             )),
             None => e,
         })?;
-    let agent = Agent::new(
-        spec,
-        tools,
-        &ctx,
-        Arc::new(engine),
-        state.audit.clone(),
-        node.config.node_name(),
-    );
+    let agent = host.agent(spec, tools, Arc::new(engine));
     let opts = RunOptions {
         constrained: !args.no_constraints,
         seed: args.seed,

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use edgewise_core::SamplingParams;
 use edgewise_infer::{Engine, Event, GenerateRequest};
 use serde::Serialize;
@@ -12,7 +12,10 @@ use serde::Serialize;
 use crate::node::Node;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     #[arg(short, long)]
     model: Option<String>,
     /// Prompt tokens processed in one batch.
@@ -34,6 +37,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// A 10-step agent run with and without KV reuse between steps.
+    Agent(crate::bench_agent::AgentBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -101,6 +110,9 @@ fn ttft(engine: &Engine, prompt: String) -> Result<(f64, u32)> {
 }
 
 pub fn run(node: &Node, a: BenchArgs) -> Result<()> {
+    if let Some(BenchWhat::Agent(args)) = a.what {
+        return crate::bench_agent::run(node, args);
+    }
     if a.pp == 0 && a.tg == 0 {
         bail!("nothing to measure: --pp and --tg are both 0");
     }

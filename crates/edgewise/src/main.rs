@@ -2,12 +2,16 @@
 
 mod agent;
 mod bench;
+mod bench_agent;
 mod chat;
+mod eval;
+mod kv;
 mod models;
 mod node;
 mod progress;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -54,14 +58,25 @@ enum Command {
         /// Do not load the embedding model (then /v1/embeddings answers 404).
         #[arg(long)]
         no_embeddings: bool,
+        /// Do not serve the agents API (/v1/agents); leaves the node's state and audit log to
+        /// other processes.
+        #[arg(long)]
+        no_agents: bool,
     },
     /// Run and check agent specs.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Read and write the node's key-value state (agents' kv_set lands in `agent:<id>`).
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Verify and read the hash-chained audit log.
     #[command(subcommand)]
     Audit(agent::AuditCommand),
-    /// Measure prompt processing, generation, parallel and prefix-cache throughput.
+    /// Evaluate the model's tool calling (`eval tools`).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Measure prompt processing, generation, parallel and prefix-cache throughput; `bench agent`
+    /// measures a multi-step agent run with and without KV reuse.
     Bench(bench::BenchArgs),
 }
 
@@ -90,10 +105,13 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             model,
             no_embeddings,
-        } => serve(&node, listen, model, no_embeddings),
+            no_agents,
+        } => serve(&node, listen, model, no_embeddings, no_agents),
         Command::Bench(args) => bench::run(&node, args),
         Command::Agent(cmd) => agent::run(&node, cmd),
         Command::Audit(cmd) => agent::audit(&node, cmd),
+        Command::Kv(cmd) => kv::run(&node, cmd),
+        Command::Eval(cmd) => eval::run(&node, cmd),
     }
 }
 
@@ -102,8 +120,15 @@ fn serve(
     listen: Option<String>,
     model: Option<String>,
     no_embeddings: bool,
+    no_agents: bool,
 ) -> Result<()> {
-    let engine = node.load_engine(model.as_deref(), |_| {})?;
+    // Open the state first: a second node on the same data dir fails here, before model loading.
+    let host = if no_agents {
+        None
+    } else {
+        Some(agent::open_host(node)?)
+    };
+    let engine = Arc::new(node.load_engine(model.as_deref(), |_| {})?);
     let embedder = if no_embeddings {
         None
     } else {
@@ -113,12 +138,23 @@ fn serve(
         Some((name.clone(), resolved.path))
     };
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
-    let state = edgewise_server::AppState::new(
-        engine,
+    let mut state = edgewise_server::AppState::new(
+        engine.clone(),
         embedder,
         node.config.api_key.clone(),
         node.config.context_per_request,
     );
+    if let Some(host) = host {
+        let catalog = node
+            .store
+            .catalog()
+            .entries()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        let hub = edgewise_server::AgentHub::new(host, engine, catalog, node.data.agents())?;
+        state = state.with_agents(Arc::new(hub));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -66,7 +66,7 @@ impl Server {
                 .expect("read stderr");
             if let Some(addr) = line.split("http://").nth(1) {
                 break addr
-                    .split(|c: char| c == ' ')
+                    .split(' ')
                     .next()
                     .and_then(|a| a.rsplit(':').next())
                     .and_then(|p| p.parse().ok())

@@ -1,0 +1,86 @@
+//! The node's agent services in one place: durable state (KV, audit log), the node config, and
+//! turning a spec into a runnable agent. The CLI and the server both go through it, so an agent
+//! behaves the same however it is started.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use edgewise_core::{AgentSpec, DataDir, NodeConfig};
+use edgewise_infer::Engine;
+use edgewise_store::{AuditLog, AuditRecord, Kv};
+
+use crate::runs::{RunRecord, RunStore};
+use crate::tools::{ToolContext, ToolRegistry};
+use crate::{Agent, AgentError};
+
+pub struct AgentHost {
+    pub kv: Arc<Kv>,
+    pub audit: Arc<AuditLog>,
+    pub config: NodeConfig,
+}
+
+impl AgentHost {
+    /// Opens KV and audit log, and marks runs left `running` by a process that died as
+    /// `interrupted` (each one audited), so a crash never loses a run silently.
+    pub fn open(data: &DataDir, config: NodeConfig) -> Result<Self, AgentError> {
+        let kv = Arc::new(Kv::open(&data.state_db())?);
+        let audit = Arc::new(AuditLog::open(&data.audit_log())?);
+        let host = Self { kv, audit, config };
+        for r in host.runs().mark_interrupted()? {
+            tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
+            host.audit_interrupted(&r)?;
+        }
+        Ok(host)
+    }
+
+    fn audit_interrupted(&self, r: &RunRecord) -> Result<(), AgentError> {
+        self.audit.append(&AuditRecord {
+            kind: "run_interrupted".into(),
+            node: self.config.node_name(),
+            agent: r.agent.clone(),
+            run: r.run.clone(),
+            decision: "interrupted".into(),
+            detail: r.error.clone(),
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+
+    pub fn runs(&self) -> RunStore {
+        RunStore::new(self.kv.clone())
+    }
+
+    /// Builds (and so checks) every capability of `spec`; relative paths in it resolve against
+    /// `spec_dir`. Cheap: call it before loading a model so a bad spec fails in milliseconds.
+    pub fn tools(
+        &self,
+        spec: &AgentSpec,
+        spec_dir: &Path,
+    ) -> Result<(ToolRegistry, ToolContext), AgentError> {
+        let ctx = ToolContext {
+            agent_id: spec.agent_id.clone(),
+            kv: self.kv.clone(),
+            config: self.config.clone(),
+            egress_allowed: spec.workflow_policy.egress_allowed,
+            spec_dir: spec_dir.to_path_buf(),
+        };
+        let tools = ToolRegistry::from_spec(spec, &ctx)?;
+        Ok((tools, ctx))
+    }
+
+    pub fn agent(
+        &self,
+        spec: AgentSpec,
+        (tools, ctx): (ToolRegistry, ToolContext),
+        engine: Arc<Engine>,
+    ) -> Agent {
+        Agent::new(
+            spec,
+            tools,
+            &ctx,
+            engine,
+            self.audit.clone(),
+            self.config.node_name(),
+        )
+    }
+}

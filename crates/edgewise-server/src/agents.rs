@@ -1,0 +1,431 @@
+//! The agents API: register specs, start runs (SSE stream of steps), read transcripts, cancel.
+//!
+//! Runs belong to the node, not to the connection that started them: a client that disconnects
+//! stops receiving steps, the run goes on and its transcript stays readable. `DELETE` cancels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use edgewise_agent::{choose_model, new_run_id, Agent, AgentHost, RunOptions, StepEvent};
+use edgewise_core::AgentSpec;
+use edgewise_infer::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ApiError, AppState};
+
+/// KV namespace of registered specs, so registrations survive a restart.
+const REGISTRY: &str = "edgewise.agents";
+
+/// Agents registered on this node and the runs in flight.
+pub struct AgentHub {
+    host: AgentHost,
+    engine: Arc<Engine>,
+    /// Catalog names, to tell a catalog model from a file path in `model_config.path`.
+    catalog: Vec<String>,
+    /// Relative paths in a spec registered without `base_dir` resolve against this.
+    default_base_dir: PathBuf,
+    agents: RwLock<BTreeMap<String, Arc<Registered>>>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+struct Registered {
+    agent: Agent,
+    source: String,
+    base_dir: PathBuf,
+    warning: Option<String>,
+}
+
+struct Active {
+    agent: String,
+    cancel: CancellationToken,
+}
+
+#[derive(Deserialize)]
+struct StoredSpec {
+    source: String,
+    base_dir: PathBuf,
+}
+
+impl AgentHub {
+    /// Re-registers the specs stored by earlier runs of the node; one that no longer loads is
+    /// skipped with a warning (it stays stored, so fixing the node config brings it back).
+    pub fn new(
+        host: AgentHost,
+        engine: Arc<Engine>,
+        catalog: Vec<String>,
+        default_base_dir: PathBuf,
+    ) -> Result<Self, edgewise_agent::AgentError> {
+        let hub = Self {
+            host,
+            engine,
+            catalog,
+            default_base_dir,
+            agents: RwLock::default(),
+            active: Mutex::default(),
+        };
+        for (id, bytes) in hub.host.kv.list(REGISTRY)? {
+            let stored: StoredSpec = match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(agent = %id, "stored agent registration unreadable: {e}");
+                    continue;
+                }
+            };
+            match hub.build(&stored.source, stored.base_dir) {
+                Ok(r) => {
+                    hub.write_agents().insert(id, Arc::new(r));
+                }
+                Err(e) => tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message),
+            }
+        }
+        Ok(hub)
+    }
+
+    fn read_agents(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Registered>>> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_agents(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Registered>>> {
+        self.agents.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn build(&self, source: &str, base_dir: PathBuf) -> Result<Registered, ApiError> {
+        let spec = AgentSpec::parse(source, std::path::Path::new("spec"))
+            .map_err(|e| unprocessable(e.to_string()))?;
+        let choice = choose_model(&spec, &self.host.config, None, |n| {
+            self.catalog.iter().any(|c| c == n)
+        })
+        .map_err(unprocessable)?;
+        let served = &self.engine.info().name;
+        if &choice.model != served {
+            return Err(unprocessable(format!(
+                "agent '{}' needs model '{}', but this node serves '{served}' (start the node with `edgewise serve --model {}`)",
+                spec.agent_id, choice.model, choice.model
+            )));
+        }
+        let tools = self
+            .host
+            .tools(&spec, &base_dir)
+            .map_err(|e| unprocessable(e.to_string()))?;
+        Ok(Registered {
+            agent: self.host.agent(spec, tools, self.engine.clone()),
+            source: source.to_owned(),
+            base_dir,
+            warning: choice.warning,
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Registered>, ApiError> {
+        self.read_agents()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(format!("no agent '{id}' is registered on this node")))
+    }
+
+    /// Cancels every run in flight (node shutdown) and waits up to `grace` for them to record it.
+    pub async fn cancel_all(&self, grace: Duration) {
+        for a in self.active().values() {
+            a.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.active().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn hub(state: &AppState) -> Result<&AgentHub, ApiError> {
+    state.agents.as_deref().ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        ..ApiError::bad_request("this node runs without agents (started with --no-agents)")
+    })
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        ..ApiError::bad_request(message)
+    }
+}
+
+fn unprocessable(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        ..ApiError::bad_request(message)
+    }
+}
+
+fn summary(r: &Registered) -> Value {
+    let spec = &r.agent.spec;
+    json!({
+        "id": spec.agent_id,
+        "version": spec.version,
+        "model": r.agent.model_name(),
+        "tools": r.agent.tools().specs().iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "egress_allowed": spec.workflow_policy.egress_allowed,
+        "base_dir": r.base_dir,
+        "warning": r.warning,
+    })
+}
+
+/// `POST /v1/agents`: the body is the spec's YAML, or JSON `{"spec": YAML, "base_dir": DIR}`.
+/// Registering an id again replaces it (runs in flight finish on the old spec).
+pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let hub = hub(&state)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the agent spec is not UTF-8 text"))?;
+    // A JSON object is the wrapped form; anything else is the spec's YAML itself.
+    let (source, base_dir) = match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
+        Ok(obj) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                spec: String,
+                base_dir: Option<PathBuf>,
+            }
+            let b: Body = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "expected the spec's YAML, or JSON {{\"spec\": \"<agent spec YAML>\", \"base_dir\": \"<dir>\"}}: {e}"
+                ))
+            })?;
+            (b.spec, b.base_dir)
+        }
+        Err(_) => (text.to_owned(), None),
+    };
+    let base_dir = base_dir.unwrap_or_else(|| hub.default_base_dir.clone());
+    if !base_dir.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "base_dir '{}' must be an absolute path",
+            base_dir.display()
+        ))
+        .param("base_dir"));
+    }
+    let registered = hub.build(&source, base_dir.clone())?;
+    let id = registered.agent.spec.agent_id.clone();
+    hub.host
+        .kv
+        .set_json(
+            REGISTRY,
+            &id,
+            &json!({"source": source, "base_dir": base_dir}),
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = summary(&registered);
+    let replaced = hub
+        .write_agents()
+        .insert(id, Arc::new(registered))
+        .is_some();
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let hub = hub(&state)?;
+    let data: Vec<Value> = hub.read_agents().values().map(|r| summary(r)).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hub = hub(&state)?;
+    let r = hub.get(&id)?;
+    let mut v = summary(&r);
+    v["spec"] = json!(r.source);
+    Ok(Json(v))
+}
+
+/// Unregisters the agent and cancels its runs in flight; its transcripts and audit records stay.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let hub = hub(&state)?;
+    if hub.write_agents().remove(&id).is_none() {
+        return Err(not_found(format!(
+            "no agent '{id}' is registered on this node"
+        )));
+    }
+    hub.host
+        .kv
+        .remove(REGISTRY, &id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    for a in hub.active().values().filter(|a| a.agent == id) {
+        a.cancel.cancel();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    task: String,
+    /// Stream steps as server-sent events (default); `false` answers with the outcome when done.
+    #[serde(default = "yes")]
+    stream: bool,
+    seed: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/agents/{id}/runs`: starts a run. The SSE stream has events `started`, `step` (one
+/// per model turn) and `finished` (the outcome); `error` if the node failed mid-run.
+pub async fn start_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let hub = hub(&state)?;
+    let r = hub.get(&id)?;
+    let body: RunBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"task\": \"...\", \"stream\": true, \"seed\": 1}}: {e}"
+        ))
+    })?;
+    if body.task.trim().is_empty() {
+        return Err(ApiError::bad_request("the task is empty").param("task"));
+    }
+    let run = new_run_id();
+    let cancel = CancellationToken::new();
+    hub.active().insert(
+        run.clone(),
+        Active {
+            agent: id.clone(),
+            cancel: cancel.clone(),
+        },
+    );
+    let opts = RunOptions {
+        run_id: Some(run.clone()),
+        seed: body.seed,
+        cancel: Some(cancel),
+        ..RunOptions::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let agents = state.agents.clone();
+    let task = body.task;
+    let run_for_task = run.clone();
+    tokio::spawn(async move {
+        if let Err(e) = r.agent.run(&task, opts, Some(tx)).await {
+            tracing::error!(agent = %id, run = %run_for_task, "run stopped by a node failure: {e}");
+        }
+        if let Some(h) = agents {
+            h.active().remove(&run_for_task);
+        }
+    });
+
+    if body.stream {
+        let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen_finish = finished.clone();
+        let stream = events
+            .map(move |ev| {
+                let (name, data) = match ev {
+                    StepEvent::Started { run, model } => ("started", json!({"run": run, "model": model})),
+                    StepEvent::Step(s) => ("step", json!(s)),
+                    StepEvent::Finished(o) => {
+                        seen_finish.store(true, std::sync::atomic::Ordering::Relaxed);
+                        ("finished", json!(o))
+                    }
+                };
+                Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
+            })
+            .chain(tokio_stream::once(()).filter_map(move |()| {
+                // The channel closed; without a `finished` event the node failed mid-run.
+                (!finished.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
+                    Ok(SseEvent::default().event("error").data(
+                        json!({"run": run, "message": "the run stopped without an outcome; see the node log"})
+                            .to_string(),
+                    ))
+                })
+            }));
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let mut rx = rx;
+    while let Some(ev) = rx.recv().await {
+        if let StepEvent::Finished(o) = ev {
+            return Ok(Json(json!(o)).into_response());
+        }
+    }
+    Err(ApiError::internal(format!(
+        "run {run} stopped without an outcome; see the node log"
+    )))
+}
+
+pub async fn list_runs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hub = hub(&state)?;
+    let runs = hub
+        .host
+        .runs()
+        .list(Some(&id))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let data: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({"run": r.run, "task": r.task, "status": r.status, "started": r.started,
+                   "ended": r.ended, "answer": r.answer, "steps": r.steps.len()})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// The run's transcript: task, status, every step, answer or error.
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path((id, run)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let hub = hub(&state)?;
+    match hub.host.runs().get(&id, &run) {
+        Ok(Some(r)) => Ok(Json(json!(r))),
+        Ok(None) => Err(not_found(format!("agent '{id}' has no run '{run}'"))),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// Cancels a run in flight (202; it ends `cancelled`), or deletes a finished run's transcript (204).
+pub async fn delete_run(
+    State(state): State<AppState>,
+    Path((id, run)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let hub = hub(&state)?;
+    if let Some(a) = hub.active().get(&run).filter(|a| a.agent == id) {
+        a.cancel.cancel();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"run": run, "status": "cancelling"})),
+        )
+            .into_response());
+    }
+    match hub.host.runs().delete(&id, &run) {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(not_found(format!("agent '{id}' has no run '{run}'"))),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
