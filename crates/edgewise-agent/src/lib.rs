@@ -15,6 +15,7 @@ mod model_choice;
 mod runner;
 pub mod runs;
 pub mod tools;
+pub mod triggers;
 
 pub use error::AgentError;
 pub use host::AgentHost;

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use edgewise_agent::triggers::triggers;
 use edgewise_agent::{choose_model, new_run_id, Agent, AgentHost, RunOptions, StepEvent};
 use edgewise_core::AgentSpec;
 use edgewise_infer::Engine;
@@ -45,6 +46,14 @@ struct Registered {
     source: String,
     base_dir: PathBuf,
     warning: Option<String>,
+    /// Stops this registration's MQTT triggers (on unregister or replace).
+    triggers: CancellationToken,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.triggers.cancel();
+    }
 }
 
 struct Active {
@@ -59,22 +68,23 @@ struct StoredSpec {
 }
 
 impl AgentHub {
-    /// Re-registers the specs stored by earlier runs of the node; one that no longer loads is
-    /// skipped with a warning (it stays stored, so fixing the node config brings it back).
-    pub fn new(
+    /// Re-registers the specs stored by earlier runs of the node (and starts their triggers); one
+    /// that no longer loads is skipped with a warning (it stays stored, so fixing the node config
+    /// brings it back).
+    pub async fn new(
         host: AgentHost,
         engine: Arc<Engine>,
         catalog: Vec<String>,
         default_base_dir: PathBuf,
-    ) -> Result<Self, edgewise_agent::AgentError> {
-        let hub = Self {
+    ) -> Result<Arc<Self>, edgewise_agent::AgentError> {
+        let hub = Arc::new(Self {
             host,
             engine,
             catalog,
             default_base_dir,
             agents: RwLock::default(),
             active: Mutex::default(),
-        };
+        });
         for (id, bytes) in hub.host.kv.list(REGISTRY)? {
             let stored: StoredSpec = match serde_json::from_slice(&bytes) {
                 Ok(s) => s,
@@ -83,14 +93,96 @@ impl AgentHub {
                     continue;
                 }
             };
-            match hub.build(&stored.source, stored.base_dir) {
-                Ok(r) => {
-                    hub.write_agents().insert(id, Arc::new(r));
+            let registered = match hub.build(&stored.source, stored.base_dir) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message);
+                    continue;
                 }
-                Err(e) => tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message),
+            };
+            if let Err(e) = hub.start_triggers(&registered).await {
+                tracing::warn!(agent = %id, "stored agent's triggers not started: {}", e.message);
             }
+            hub.write_agents().insert(id, registered);
         }
         Ok(hub)
+    }
+
+    /// Subscribes the agent's `subscribe: true` capabilities; each message starts a run, one at a
+    /// time per agent (messages beyond a short queue are dropped with a warning).
+    async fn start_triggers(self: &Arc<Self>, reg: &Arc<Registered>) -> Result<(), ApiError> {
+        let spec = &reg.agent.spec;
+        let mut resolved = Vec::new();
+        for t in triggers(spec, &self.host.config) {
+            let addr = t
+                .resolve(spec.workflow_policy.egress_allowed)
+                .await
+                .map_err(|e| {
+                    unprocessable(format!("trigger '{}' ({}): {e}", t.capability, t.broker))
+                })?;
+            resolved.push((t, addr));
+        }
+        if resolved.is_empty() {
+            return Ok(());
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        for (t, addr) in resolved {
+            tokio::spawn(t.run(addr, tx.clone(), reg.triggers.clone()));
+        }
+        // Holds the registration only weakly: unregistering drops it, which stops the triggers.
+        let hub = self.clone();
+        let weak = Arc::downgrade(reg);
+        let stop = reg.triggers.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = rx.recv() => m,
+                };
+                let (Some(msg), Some(reg)) = (msg, weak.upgrade()) else {
+                    break;
+                };
+                let (_, mut events) = hub.spawn_run(reg, msg.task(), None);
+                while events.recv().await.is_some() {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a run as a node task; its steps arrive on the returned channel, which closes when
+    /// the run has ended (whether or not anyone listens).
+    fn spawn_run(
+        self: &Arc<Self>,
+        reg: Arc<Registered>,
+        task: String,
+        seed: Option<u32>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>) {
+        let run = new_run_id();
+        let cancel = CancellationToken::new();
+        let agent = reg.agent.spec.agent_id.clone();
+        self.active().insert(
+            run.clone(),
+            Active {
+                agent: agent.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let opts = RunOptions {
+            run_id: Some(run.clone()),
+            seed,
+            cancel: Some(cancel),
+            ..RunOptions::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let hub = self.clone();
+        let id = run.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reg.agent.run(&task, opts, Some(tx)).await {
+                tracing::error!(agent = %agent, run = %id, "run stopped by a node failure: {e}");
+            }
+            hub.active().remove(&id);
+        });
+        (run, rx)
     }
 
     fn read_agents(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Registered>>> {
@@ -128,6 +220,7 @@ impl AgentHub {
             source: source.to_owned(),
             base_dir,
             warning: choice.warning,
+            triggers: CancellationToken::new(),
         })
     }
 
@@ -150,8 +243,8 @@ impl AgentHub {
     }
 }
 
-fn hub(state: &AppState) -> Result<&AgentHub, ApiError> {
-    state.agents.as_deref().ok_or_else(|| ApiError {
+fn hub(state: &AppState) -> Result<&Arc<AgentHub>, ApiError> {
+    state.agents.as_ref().ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         ..ApiError::bad_request("this node runs without agents (started with --no-agents)")
     })
@@ -216,7 +309,8 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
         ))
         .param("base_dir"));
     }
-    let registered = hub.build(&source, base_dir.clone())?;
+    let registered = Arc::new(hub.build(&source, base_dir.clone())?);
+    hub.start_triggers(&registered).await?;
     let id = registered.agent.spec.agent_id.clone();
     hub.host
         .kv
@@ -227,10 +321,14 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
         )
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let body = summary(&registered);
-    let replaced = hub
-        .write_agents()
-        .insert(id, Arc::new(registered))
-        .is_some();
+    // The replaced registration's triggers stop now; its runs in flight finish on it.
+    let replaced = match hub.write_agents().insert(id, registered) {
+        Some(old) => {
+            old.triggers.cancel();
+            true
+        }
+        None => false,
+    };
     let status = if replaced {
         StatusCode::OK
     } else {
@@ -262,11 +360,12 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let hub = hub(&state)?;
-    if hub.write_agents().remove(&id).is_none() {
+    let Some(registered) = hub.write_agents().remove(&id) else {
         return Err(not_found(format!(
             "no agent '{id}' is registered on this node"
         )));
-    }
+    };
+    registered.triggers.cancel();
     hub.host
         .kv
         .remove(REGISTRY, &id)
@@ -308,33 +407,7 @@ pub async fn start_run(
     if body.task.trim().is_empty() {
         return Err(ApiError::bad_request("the task is empty").param("task"));
     }
-    let run = new_run_id();
-    let cancel = CancellationToken::new();
-    hub.active().insert(
-        run.clone(),
-        Active {
-            agent: id.clone(),
-            cancel: cancel.clone(),
-        },
-    );
-    let opts = RunOptions {
-        run_id: Some(run.clone()),
-        seed: body.seed,
-        cancel: Some(cancel),
-        ..RunOptions::default()
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let agents = state.agents.clone();
-    let task = body.task;
-    let run_for_task = run.clone();
-    tokio::spawn(async move {
-        if let Err(e) = r.agent.run(&task, opts, Some(tx)).await {
-            tracing::error!(agent = %id, run = %run_for_task, "run stopped by a node failure: {e}");
-        }
-        if let Some(h) = agents {
-            h.active().remove(&run_for_task);
-        }
-    });
+    let (run, rx) = hub.spawn_run(r, body.task, body.seed);
 
     if body.stream {
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);

@@ -5,6 +5,7 @@
 //! error JSON; a client that disconnects cancels its generation.
 
 mod agents;
+pub mod broker;
 mod embeddings;
 mod error;
 mod metrics;

@@ -79,7 +79,8 @@ fn validate(node: &Node, path: &Path) -> Result<()> {
     }
     println!("model: {}", choice.model);
     for c in &spec.capabilities {
-        println!("tool {}: {}", c.name, c.endpoint);
+        let kind = if c.subscribe { "trigger" } else { "tool" };
+        println!("{kind} {}: {}", c.name, c.endpoint);
     }
     Ok(())
 }
@@ -101,6 +102,12 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
         .unwrap_or_default();
     // Build (and so check) every capability before spending seconds on loading the model.
     let tools = host.tools(&spec, &spec_dir)?;
+    for t in edgewise_agent::triggers::triggers(&spec, &node.config) {
+        eprintln!(
+            "note: '{}' subscribes to '{}': triggers start runs only on a serving node (`edgewise serve`, POST /v1/agents)",
+            t.capability, t.topic
+        );
+    }
     let context_window = spec.model_config.context_window;
     let engine = node
         .load_engine(Some(&choice.model), |cfg| {

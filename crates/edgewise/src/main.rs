@@ -128,6 +128,15 @@ fn serve(
     } else {
         Some(agent::open_host(node)?)
     };
+    if !node.config.mqtt_listen.is_empty() {
+        use edgewise_server::broker::{start, BrokerStart};
+        match start(&node.config.mqtt_listen).map_err(anyhow::Error::msg)? {
+            BrokerStart::Started(addr) => eprintln!("MQTT broker on {addr} (local-broker)"),
+            BrokerStart::AddressInUse(addr) => eprintln!(
+                "warning: {addr} is taken (another MQTT broker?): not embedding one; local-broker is whatever listens there (set mqtt_listen to move or \"\" to disable)"
+            ),
+        }
+    }
     let engine = Arc::new(node.load_engine(model.as_deref(), |_| {})?);
     let embedder = if no_embeddings {
         None
@@ -144,6 +153,10 @@ fn serve(
         node.config.api_key.clone(),
         node.config.context_per_request,
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     if let Some(host) = host {
         let catalog = node
             .store
@@ -152,12 +165,13 @@ fn serve(
             .iter()
             .map(|e| e.name.clone())
             .collect();
-        let hub = edgewise_server::AgentHub::new(host, engine, catalog, node.data.agents())?;
-        state = state.with_agents(Arc::new(hub));
+        let hub = rt.block_on(edgewise_server::AgentHub::new(
+            host,
+            engine,
+            catalog,
+            node.data.agents(),
+        ))?;
+        state = state.with_agents(hub);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     rt.block_on(edgewise_server::serve(state, &listen))
 }

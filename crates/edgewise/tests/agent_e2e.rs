@@ -633,3 +633,99 @@ fn bench_agent_steps_prefill_only_their_new_tokens() {
         );
     }
 }
+
+const RELAY_AGENT: &str = r#"agent_id: "alarm-relay"
+version: "1"
+runtime:
+  type: native
+capabilities:
+  - name: alarms_in
+    endpoint: "mqtt://local-broker:1883/plant/alarms"
+    subscribe: true
+  - name: notify_operator
+    endpoint: "mqtt://local-broker:1883/operator"
+    description: "Send a short message to the operator."
+instructions: "You relay plant alarms. For each alarm message, send the operator one short message with notify_operator that repeats the alarm, then answer 'relayed'."
+limits:
+  min_tool_calls: 1
+  max_steps: 4
+"#;
+
+#[test]
+fn mqtt_trigger_on_the_embedded_broker_starts_a_run_per_message() {
+    let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let home = home();
+    let mqtt = free_port();
+    let config = home.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("threads: 2\nparallel: 2\nmqtt_listen: 127.0.0.1:{mqtt}\n"),
+    )
+    .unwrap();
+    let server = Serve::start(home.path(), &config);
+    let port = server.port;
+    // Mosquitto's own clients talk to the embedded broker.
+    let (_sub, operator) = subscribe(mqtt, "operator");
+    let (status, reg) = json_of(port, "POST", "/v1/agents", RELAY_AGENT);
+    assert_eq!(status, 201, "{reg}");
+    assert_eq!(
+        reg["tools"],
+        serde_json::json!(["notify_operator"]),
+        "a trigger is not a tool"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // the trigger subscribes
+    let publish = |msg: &str| {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &mqtt.to_string(),
+                "-t",
+                "plant/alarms",
+                "-q",
+                "1",
+                "-m",
+                msg,
+            ])
+            .output()
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    publish("boiler 2 overheating");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let run = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no completed run from the trigger"
+        );
+        let (_, runs) = json_of(port, "GET", "/v1/agents/alarm-relay/runs", "");
+        if let Some(r) = runs["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|r| r["status"] != "running"))
+        {
+            break r.clone();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(run["status"], "completed", "{run}");
+    assert!(
+        run["task"]
+            .as_str()
+            .unwrap_or("")
+            .contains("boiler 2 overheating"),
+        "{run}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while operator.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = operator.lock().unwrap().clone();
+    assert!(!got.is_empty(), "the operator got nothing; run: {run}");
+    eprintln!("operator received: {got:?}");
+
+    // Unregistered: the next message starts nothing.
+    assert_eq!(http(port, "DELETE", "/v1/agents/alarm-relay", "").0, 204);
+    publish("boiler 3 overheating");
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, runs) = json_of(port, "GET", "/v1/agents/alarm-relay/runs", "");
+    assert_eq!(runs["data"].as_array().map(Vec::len), Some(1), "{runs}");
+}

@@ -57,7 +57,7 @@ impl ToolContext {
 
 /// Resolves a tool's destination under the egress policy: a policy refusal is `Refused`, a name
 /// that does not resolve is `Failed`.
-pub(crate) async fn resolve_destination(
+pub async fn resolve_destination(
     host: &str,
     port: u16,
     egress_allowed: bool,
@@ -90,7 +90,9 @@ impl ToolRegistry {
     /// at the first call.
     pub fn from_spec(spec: &AgentSpec, ctx: &ToolContext) -> Result<Self, AgentError> {
         let mut reg = Self::default();
-        for cap in &spec.capabilities {
+        // A subscribed topic is an input (a trigger, see `triggers`), not a tool: an agent that
+        // could publish to its own trigger topic would start itself in a loop.
+        for cap in spec.capabilities.iter().filter(|c| !c.subscribe) {
             let tool = build(cap, spec, ctx).map_err(|message| AgentError::Capability {
                 name: cap.name.clone(),
                 endpoint: cap.endpoint.to_string(),
@@ -181,9 +183,6 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
         description: cap.description.clone().unwrap_or(default_description),
         parameters: cap.parameters.clone().unwrap_or(default_parameters),
     };
-    if cap.subscribe {
-        return Err("`subscribe: true` (a run per MQTT message) needs message triggers, which this build of edgewise does not have yet; remove it to use the topic for publishing".into());
-    }
     Ok(match &cap.endpoint {
         Endpoint::Unix(path) => Arc::new(unix::UnixTool::new(
             spec_for(
