@@ -42,7 +42,7 @@ models: build
 venv: $(VENV)/.ready
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV) || { apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
-	$(VENV)/bin/pip install -q --disable-pip-version-check openai==1.* jinja2==3.*
+	$(VENV)/bin/pip install -q --disable-pip-version-check openai==1.* jinja2==3.* mcp==1.*
 	touch $@
 
 demo: models

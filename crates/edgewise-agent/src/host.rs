@@ -51,8 +51,8 @@ impl AgentHost {
     }
 
     /// Builds (and so checks) every capability of `spec`; relative paths in it resolve against
-    /// `spec_dir`. Cheap: call it before loading a model so a bad spec fails in milliseconds.
-    pub fn tools(
+    /// `spec_dir`. Call it before loading a model so a bad spec fails before seconds are spent.
+    pub async fn tools(
         &self,
         spec: &AgentSpec,
         spec_dir: &Path,
@@ -64,7 +64,7 @@ impl AgentHost {
             egress_allowed: spec.workflow_policy.egress_allowed,
             spec_dir: spec_dir.to_path_buf(),
         };
-        let tools = ToolRegistry::from_spec(spec, &ctx)?;
+        let tools = ToolRegistry::from_spec(spec, &ctx).await?;
         Ok((tools, ctx))
     }
 

@@ -355,9 +355,10 @@ impl Agent {
         let mut done_calls: Vec<(String, Value, u32)> = Vec::new();
         let mut must_answer = false;
         let mut repeats = 0u32;
-        // A tool the model just called again verbatim is left out of the grammar until another
-        // call succeeds: a small model stuck on one call then has to pick another tool or answer.
-        let mut looping_on: Option<String> = None;
+        // A tool the model called again verbatim is left out of the grammar for the rest of the
+        // run: a small model stuck on one call then has to pick another tool or answer (let back
+        // in, it loops again after the next call).
+        let mut looping_on: std::collections::BTreeSet<String> = Default::default();
         let seed = opts
             .seed
             .or(spec.model_config.seed)
@@ -394,7 +395,7 @@ impl Agent {
             };
             let offered: Vec<_> = available
                 .iter()
-                .filter(|t| looping_on.as_deref() != Some(t.name.as_str()))
+                .filter(|t| !looping_on.contains(&t.name))
                 .cloned()
                 .collect();
             let choice = if offered.is_empty() || must_answer {
@@ -488,7 +489,7 @@ impl Agent {
                 // move on; the second time it has run out of actions and must answer.
                 repeats += 1;
                 must_answer = repeats >= 2;
-                looping_on = Some(call.name.clone());
+                looping_on.insert(call.name.clone());
                 let observation = if must_answer {
                     "This call was already made and its result is above. Give your final answer now."
                 } else {
@@ -534,7 +535,6 @@ impl Agent {
             self.finish_step(record, rec, &prompt_sha, None, emit)?;
 
             if result.is_ok() {
-                looping_on = None;
                 done_calls.push((call.name.clone(), call.arguments.clone(), step));
                 total_calls += 1;
                 *calls_by_tool.entry(call.name.clone()).or_default() += 1;

@@ -11,7 +11,7 @@ use edgewise_core::{AgentSpec, NodeConfig};
 use edgewise_store::Kv;
 use serde_json::json;
 
-fn registry(dir: &Path, egress: bool) -> ToolRegistry {
+async fn registry(dir: &Path, egress: bool) -> ToolRegistry {
     std::fs::create_dir_all(dir.join("files/notes")).unwrap();
     std::fs::write(dir.join("files/notes/today.txt"), "valve 4 serviced").unwrap();
     std::fs::write(dir.join("secret.txt"), "do not read").unwrap();
@@ -43,7 +43,7 @@ workflow_policy:
         egress_allowed: spec.workflow_policy.egress_allowed,
         spec_dir: dir.to_path_buf(),
     };
-    ToolRegistry::from_spec(&spec, &ctx).unwrap()
+    ToolRegistry::from_spec(&spec, &ctx).await.unwrap()
 }
 
 fn refused(r: Result<String, ToolError>) -> String {
@@ -56,7 +56,7 @@ fn refused(r: Result<String, ToolError>) -> String {
 #[tokio::test]
 async fn file_tools_stay_inside_their_root() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = registry(dir.path(), false);
+    let reg = registry(dir.path(), false).await;
     let ok = reg
         .call("read_file", &json!({"path": "notes/today.txt"}))
         .await
@@ -76,7 +76,7 @@ async fn file_tools_stay_inside_their_root() {
 #[tokio::test]
 async fn unknown_tools_and_bad_arguments_are_refused_before_running() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = registry(dir.path(), false);
+    let reg = registry(dir.path(), false).await;
     let m = refused(reg.call("rm_rf", &json!({})).await);
     assert!(
         m.contains("no tool named 'rm_rf'") && m.contains("read_file"),
@@ -94,7 +94,7 @@ async fn unknown_tools_and_bad_arguments_are_refused_before_running() {
 #[tokio::test]
 async fn non_local_destinations_are_refused_without_egress() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = registry(dir.path(), false);
+    let reg = registry(dir.path(), false).await;
     for (tool, args) in [
         ("fetch", json!({"url": "http://203.0.113.9/"})),
         ("fetch", json!({"url": "http://[2001:db8::1]:8080/"})),
@@ -119,8 +119,8 @@ async fn non_local_destinations_are_refused_without_egress() {
     assert!(matches!(r, Err(ToolError::Failed(_))), "{r:?}");
 }
 
-#[test]
-fn endpoints_this_build_cannot_serve_are_refused_at_load_with_the_reason() {
+#[tokio::test]
+async fn endpoints_this_node_cannot_serve_are_refused_at_load_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = ToolContext {
         agent_id: "a".into(),
@@ -131,12 +131,16 @@ fn endpoints_this_build_cannot_serve_are_refused_at_load_with_the_reason() {
     };
     for (endpoint, why) in [
         ("wasm:calc.wasm", "Wasm sandbox"),
-        ("mcp+stdio:python3 server.py", "MCP"),
+        (
+            "mcp+stdio:/nonexistent/mcp-server --stdio",
+            "cannot start '/nonexistent/mcp-server'",
+        ),
     ] {
         let yaml =
             format!("agent_id: a\ncapabilities:\n  - name: t\n    endpoint: \"{endpoint}\"\n");
         let spec = AgentSpec::parse(&yaml, Path::new("a.yaml")).unwrap();
         let err = ToolRegistry::from_spec(&spec, &ctx)
+            .await
             .err()
             .unwrap()
             .to_string();

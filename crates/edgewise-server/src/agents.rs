@@ -93,7 +93,7 @@ impl AgentHub {
                     continue;
                 }
             };
-            let registered = match hub.build(&stored.source, stored.base_dir) {
+            let registered = match hub.build(&stored.source, stored.base_dir).await {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message);
@@ -197,7 +197,7 @@ impl AgentHub {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn build(&self, source: &str, base_dir: PathBuf) -> Result<Registered, ApiError> {
+    async fn build(&self, source: &str, base_dir: PathBuf) -> Result<Registered, ApiError> {
         let spec = AgentSpec::parse(source, std::path::Path::new("spec"))
             .map_err(|e| unprocessable(e.to_string()))?;
         let choice = choose_model(&spec, &self.host.config, None, |n| {
@@ -214,6 +214,7 @@ impl AgentHub {
         let tools = self
             .host
             .tools(&spec, &base_dir)
+            .await
             .map_err(|e| unprocessable(e.to_string()))?;
         Ok(Registered {
             agent: self.host.agent(spec, tools, self.engine.clone()),
@@ -309,7 +310,7 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
         ))
         .param("base_dir"));
     }
-    let registered = Arc::new(hub.build(&source, base_dir.clone())?);
+    let registered = Arc::new(hub.build(&source, base_dir.clone()).await?);
     hub.start_triggers(&registered).await?;
     let id = registered.agent.spec.agent_id.clone();
     hub.host

@@ -100,8 +100,12 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     // Build (and so check) every capability before spending seconds on loading the model.
-    let tools = host.tools(&spec, &spec_dir)?;
+    let tools = rt.block_on(host.tools(&spec, &spec_dir))?;
     for t in edgewise_agent::triggers::triggers(&spec, &node.config) {
         eprintln!(
             "note: '{}' subscribes to '{}': triggers start runs only on a serving node (`edgewise serve`, POST /v1/agents)",
@@ -130,10 +134,6 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
         seed: args.seed,
         ..RunOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let json = args.json;
     let outcome = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -126,15 +126,15 @@ fn measure(node: &Node, a: &AgentBenchArgs, spec: &AgentSpec, kv_reuse: bool) ->
     })?;
     let state = tempfile::tempdir().context("temp dir for the benchmark's state")?;
     let host = AgentHost::open(&DataDir::new(state.path()), node.config.clone())?;
-    let tools = host.tools(spec, state.path())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tools = rt.block_on(host.tools(spec, state.path()))?;
     let agent = host.agent(spec.clone(), tools, Arc::new(engine));
     let opts = RunOptions {
         force_tool_steps: a.steps,
         ..RunOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let started = Instant::now();
     let outcome: RunOutcome = rt.block_on(agent.run(TASK, opts, None))?;
     let seconds = started.elapsed().as_secs_f64();

@@ -2,7 +2,10 @@
 //! sensor simulator (a unix socket service) and a real Mosquitto broker started here, with the
 //! real default model. Only loopback and temp-dir sockets are used.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{connect, http};
 
 use serde_json::Value;
 
@@ -293,53 +297,8 @@ impl Serve {
     }
 }
 
-fn connect(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(180)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    Ok(s)
-}
-
-/// One loopback HTTP/1.1 request: (status, body); status 0 when nothing answers.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = connect(port, method, path, body) else {
-        return (0, String::new());
-    };
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 fn json_of(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, body) = http(port, method, path, body);
+    let (status, _, body) = http(port, method, path, body);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -525,7 +484,7 @@ fn agents_api_runs_streams_cancels_and_a_kill_9_mid_run_loses_nothing() {
         .expect("started event");
     held.recv_timeout(Duration::from_secs(120))
         .expect("the second run never called the sensor");
-    let (status, _) = http(
+    let (status, _, _) = http(
         port,
         "DELETE",
         &format!("/v1/agents/kv-writer/runs/{second}"),
@@ -537,16 +496,16 @@ fn agents_api_runs_streams_cancels_and_a_kill_9_mid_run_loses_nothing() {
         .expect("finished event");
     assert_eq!(event, "finished");
     assert_eq!(outcome["status"], "cancelled", "{outcome}");
-    let (status, _) = http(
+    let (status, _, _) = http(
         port,
         "DELETE",
         &format!("/v1/agents/kv-writer/runs/{second}"),
         "",
     );
     assert_eq!(status, 204, "a finished run's transcript is deleted");
-    let (status, _) = http(port, "DELETE", "/v1/agents/kv-writer", "");
+    let (status, _, _) = http(port, "DELETE", "/v1/agents/kv-writer", "");
     assert_eq!(status, 204);
-    let (status, _) = http(port, "GET", "/v1/agents/kv-writer", "");
+    let (status, _, _) = http(port, "GET", "/v1/agents/kv-writer", "");
     assert_eq!(status, 404);
     drop(server);
 
@@ -728,4 +687,61 @@ fn mqtt_trigger_on_the_embedded_broker_starts_a_run_per_message() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, runs) = json_of(port, "GET", "/v1/agents/alarm-relay/runs", "");
     assert_eq!(runs["data"].as_array().map(Vec::len), Some(1), "{runs}");
+}
+
+fn test_python() -> PathBuf {
+    std::env::var_os("EDGEWISE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../../.venv/bin/python"))
+}
+
+#[test]
+fn mcp_server_tools_are_called_through_rmcp() {
+    let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let home = home();
+    let server = manifest_dir().join("../../examples/mcp/plant_server.py");
+    let spec = home.path().join("valves.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"agent_id: "valve-operator"
+version: "1"
+runtime:
+  type: native
+capabilities:
+  - name: plant
+    endpoint: "mcp+stdio:{} {}"
+instructions: "You operate plant valves with your tools. Do what the operator asks, then answer in one line."
+limits:
+  min_tool_calls: 1
+  max_steps: 6
+"#,
+            test_python().display(),
+            server.display()
+        ),
+    )
+    .unwrap();
+    let out = edgewise(home.path())
+        .args(["agent", "run", "--json", "--seed", "1"])
+        .arg(&spec)
+        .arg("Close valve V-2.")
+        .output()
+        .unwrap();
+    let outcome: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON outcome ({e}): {}", text(&out)));
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    let call = outcome["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["tool"] == "set_valve"))
+        .unwrap_or_else(|| panic!("set_valve was not called: {outcome}"));
+    assert_eq!(call["decision"], "call", "{call}");
+    assert_eq!(
+        call["arguments"],
+        serde_json::json!({"valve_id": "V-2", "state": "closed"})
+    );
+    // The MCP server (started in the spec's directory) did it.
+    let valves: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("valves.json")).unwrap())
+            .unwrap();
+    assert_eq!(valves["V-2"], "closed", "{valves}");
 }

@@ -2,6 +2,7 @@
 
 mod builtin;
 mod http;
+mod mcp;
 mod mqtt;
 mod unix;
 
@@ -87,22 +88,31 @@ pub struct ToolRegistry {
 
 impl ToolRegistry {
     /// Builds every capability of `spec`; an endpoint this node cannot serve is an error now, not
-    /// at the first call.
-    pub fn from_spec(spec: &AgentSpec, ctx: &ToolContext) -> Result<Self, AgentError> {
+    /// at the first call. MCP servers are started here (and stop with the registry).
+    pub async fn from_spec(spec: &AgentSpec, ctx: &ToolContext) -> Result<Self, AgentError> {
         let mut reg = Self::default();
         // A subscribed topic is an input (a trigger, see `triggers`), not a tool: an agent that
         // could publish to its own trigger topic would start itself in a loop.
         for cap in spec.capabilities.iter().filter(|c| !c.subscribe) {
-            let tool = build(cap, spec, ctx).map_err(|message| AgentError::Capability {
+            let failed = |message| AgentError::Capability {
                 name: cap.name.clone(),
                 endpoint: cap.endpoint.to_string(),
                 message,
-            })?;
-            reg.insert(tool).map_err(|message| AgentError::Capability {
-                name: cap.name.clone(),
-                endpoint: cap.endpoint.to_string(),
-                message,
-            })?;
+            };
+            let tools = match &cap.endpoint {
+                Endpoint::McpStdio { command, args } => mcp::connect(
+                    command,
+                    args,
+                    &ctx.spec_dir,
+                    cap.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                )
+                .await
+                .map_err(failed)?,
+                _ => vec![build(cap, spec, ctx).map_err(failed)?],
+            };
+            for tool in tools {
+                reg.insert(tool).map_err(failed)?;
+            }
         }
         Ok(reg)
     }
@@ -188,7 +198,8 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
             spec_for(
                 format!(
                     "{}: query the local service at {} and return its JSON reply.",
-                    words(&cap.name), cap.endpoint
+                    words(&cap.name),
+                    cap.endpoint
                 ),
                 // Without declared parameters the service gets an empty request: guessing fields
                 // would only let the model invent them.
@@ -203,7 +214,10 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
             topic,
         } => Arc::new(mqtt::MqttTool::new(
             spec_for(
-                format!("{}: publish a message to the MQTT topic '{topic}'.", words(&cap.name)),
+                format!(
+                    "{}: publish a message to the MQTT topic '{topic}'.",
+                    words(&cap.name)
+                ),
                 json!({
                     "type": "object",
                     "properties": {"message": {"type": "string", "description": "The message to publish."}},
@@ -242,9 +256,8 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
             };
             return Err(why.into());
         }
-        Endpoint::McpStdio { .. } => {
-            return Err("mcp+stdio: MCP servers are not supported by this build of edgewise yet; wrap the service in a unix:// tool".into())
-        }
+        // One capability, many tools: `ToolRegistry::from_spec` connects these.
+        Endpoint::McpStdio { .. } => return Err("an MCP server has no single tool".into()),
     })
 }
 
