@@ -745,3 +745,90 @@ limits:
             .unwrap();
     assert_eq!(valves["V-2"], "closed", "{valves}");
 }
+
+const GUARDED_AGENT: &str = r#"agent_id: "guarded"
+version: "1"
+runtime:
+  type: native
+capabilities:
+  - name: read_file
+    endpoint: "builtin:read_file"
+    root: data
+  - name: fetch
+    endpoint: "builtin:http_request"
+instructions: "You do exactly what the user asks with your tools, then answer in one line."
+limits:
+  min_tool_calls: 1
+  max_steps: 5
+workflow_policy:
+  max_retries: 3
+  egress_allowed: false
+"#;
+
+/// Through the whole loop (real model, real tools): a policy refusal goes back to the model, is
+/// on the audit log as `refused`, and the run still ends cleanly with a status.
+#[test]
+fn refused_calls_are_audited_and_the_run_ends_cleanly() {
+    let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let home = home();
+    std::fs::create_dir(home.path().join("data")).unwrap();
+    std::fs::write(home.path().join("data/notes.txt"), "shift notes").unwrap();
+    std::fs::write(home.path().join("secret.txt"), "TOP-SECRET-TOKEN").unwrap();
+    let spec = home.path().join("guarded.yaml");
+    std::fs::write(&spec, GUARDED_AGENT).unwrap();
+    let cases = [
+        (
+            "Read the file ../secret.txt with read_file.",
+            "read_file",
+            "file root",
+        ),
+        (
+            "Fetch http://203.0.113.9/status with the fetch tool.",
+            "fetch",
+            "egress denied",
+        ),
+    ];
+    for (task, tool, why) in cases {
+        let out = edgewise(home.path())
+            .args(["agent", "run", "--json", "--seed", "1"])
+            .arg(&spec)
+            .arg(task)
+            .output()
+            .unwrap();
+        let outcome: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{task}: no JSON outcome ({e}): {}", text(&out)));
+        assert!(
+            ["completed", "failed"].contains(&outcome["status"].as_str().unwrap_or("")),
+            "{task}: {outcome}"
+        );
+        let steps = outcome["steps"].as_array().cloned().unwrap_or_default();
+        let refused = steps
+            .iter()
+            .find(|s| s["tool"] == tool && s["decision"] == "refused")
+            .unwrap_or_else(|| panic!("{task}: no refused {tool} call: {outcome}"));
+        let observation = refused["observation"].as_str().unwrap_or("");
+        assert!(observation.contains(why), "{task}: {observation}");
+        assert!(
+            !outcome.to_string().contains("TOP-SECRET-TOKEN"),
+            "{task}: the secret leaked: {outcome}"
+        );
+        // The refusal is on the audit log with its step.
+        let run = outcome["run"].as_str().unwrap();
+        let out = edgewise(home.path())
+            .args(["audit", "show", "--json", "--run", run])
+            .output()
+            .unwrap();
+        let audited = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| {
+                e["step"] == refused["step"] && e["decision"] == "refused"
+            });
+        assert!(audited, "{task}: refusal not audited: {}", text(&out));
+    }
+    let out = edgewise(home.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
