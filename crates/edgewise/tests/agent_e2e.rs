@@ -821,9 +821,7 @@ fn refused_calls_are_audited_and_the_run_ends_cleanly() {
         let audited = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|e| {
-                e["step"] == refused["step"] && e["decision"] == "refused"
-            });
+            .any(|e| e["step"] == refused["step"] && e["decision"] == "refused");
         assert!(audited, "{task}: refusal not audited: {}", text(&out));
     }
     let out = edgewise(home.path())
