@@ -9,6 +9,8 @@ use edgewise_core::{AgentSpec, DataDir, NodeConfig};
 use edgewise_infer::Engine;
 use edgewise_store::{AuditLog, AuditRecord, Kv};
 
+use crate::cloud::CloudModel;
+use crate::runner::CloudAccess;
 use crate::runs::{RunRecord, RunStore};
 use crate::tools::{ToolContext, ToolRegistry};
 use crate::{Agent, AgentError};
@@ -17,6 +19,9 @@ pub struct AgentHost {
     pub kv: Arc<Kv>,
     pub audit: Arc<AuditLog>,
     pub config: NodeConfig,
+    /// The node's cloud fallback, shared (with its breaker) by all its agents; `Err` says why the
+    /// configured one cannot be used, so only agents that would use it fail.
+    cloud: Result<Option<Arc<CloudModel>>, String>,
 }
 
 impl AgentHost {
@@ -25,7 +30,13 @@ impl AgentHost {
     pub fn open(data: &DataDir, config: NodeConfig) -> Result<Self, AgentError> {
         let kv = Arc::new(Kv::open(&data.state_db())?);
         let audit = Arc::new(AuditLog::open(&data.audit_log())?);
-        let host = Self { kv, audit, config };
+        let cloud = CloudModel::from_config(&config).map(|c| c.map(Arc::new));
+        let host = Self {
+            kv,
+            audit,
+            config,
+            cloud,
+        };
         for r in host.runs().mark_interrupted()? {
             tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
             host.audit_interrupted(&r)?;
@@ -68,19 +79,58 @@ impl AgentHost {
         Ok((tools, ctx))
     }
 
+    /// An agent on the local `engine`, with the cloud fallback if its policy allows egress.
     pub fn agent(
         &self,
         spec: AgentSpec,
-        (tools, ctx): (ToolRegistry, ToolContext),
+        tools: (ToolRegistry, ToolContext),
         engine: Arc<Engine>,
+    ) -> Agent {
+        let cloud = self.cloud_access(&spec);
+        self.build(spec, tools, Some(engine), cloud)
+    }
+
+    /// An agent for a node whose local model could not be loaded: every step goes to the cloud
+    /// fallback. An error (saying why the cloud cannot be used) when the policy or config rules
+    /// that out.
+    pub fn cloud_agent(
+        &self,
+        spec: AgentSpec,
+        tools: (ToolRegistry, ToolContext),
+    ) -> Result<Agent, AgentError> {
+        let cloud = self.cloud_access(&spec);
+        if !matches!(cloud, CloudAccess::Available(_)) {
+            return Err(AgentError::Other(cloud.why_not()));
+        }
+        Ok(self.build(spec, tools, None, cloud))
+    }
+
+    fn build(
+        &self,
+        spec: AgentSpec,
+        (tools, ctx): (ToolRegistry, ToolContext),
+        engine: Option<Arc<Engine>>,
+        cloud: CloudAccess,
     ) -> Agent {
         Agent::new(
             spec,
             tools,
             &ctx,
             engine,
+            cloud,
             self.audit.clone(),
             self.config.node_name(),
         )
+    }
+
+    fn cloud_access(&self, spec: &AgentSpec) -> CloudAccess {
+        if !spec.workflow_policy.egress_allowed {
+            return CloudAccess::Forbidden;
+        }
+        match &self.cloud {
+            Ok(Some(c)) => CloudAccess::Available(c.clone()),
+            Ok(None) => CloudAccess::NotConfigured,
+            Err(e) => CloudAccess::Misconfigured(e.clone()),
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! - The model can only emit a call to a registered tool with schema-valid arguments (grammar);
 //!   the runtime still validates every call, so an unconstrained model is refused the same way.
 //! - A step is appended to the audit log before it is reported to anyone.
-//! - `egress_allowed: false` is checked against resolved addresses, not names.
+//! - `egress_allowed: false` is checked against resolved addresses, not names, and such an agent
+//!   never gets the cloud fallback, whatever its URL.
 
+pub mod cloud;
 pub mod egress;
 mod error;
 pub mod eval;
@@ -20,6 +22,8 @@ pub mod triggers;
 pub use error::AgentError;
 pub use host::AgentHost;
 pub use model_choice::{choose_model, ModelChoice};
-pub use runner::{new_run_id, Agent, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord};
+pub use runner::{
+    new_run_id, Agent, CloudAccess, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord,
+};
 pub use runs::{RunRecord, RunStore};
 pub use tools::{Tool, ToolError, ToolRegistry};

@@ -17,8 +17,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cloud::{CloudError, CloudModel};
 use crate::runs::{RunRecord, RunStore};
-use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::tools::{openai_tool, ToolContext, ToolError, ToolRegistry};
 use crate::AgentError;
 
 const CACHE: &str = "edgewise.result-cache";
@@ -64,6 +65,12 @@ pub struct StepRecord {
     pub forced_tokens: u32,
     pub generation_ms: f64,
     pub tool_ms: f64,
+    /// Set when another model than the run's generated this step (`cloud:MODEL` after the local
+    /// model failed; `offload_reason` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,11 +116,40 @@ impl Default for RunOptions {
     }
 }
 
+/// Whether an agent may fall back to the node's cloud endpoint, and if not, why not (said in the
+/// error of a step the local model could not take).
+#[derive(Clone)]
+pub enum CloudAccess {
+    Available(Arc<CloudModel>),
+    /// The agent's policy forbids egress.
+    Forbidden,
+    NotConfigured,
+    /// The node config names an endpoint that cannot be used (message says why).
+    Misconfigured(String),
+}
+
+impl CloudAccess {
+    pub(crate) fn why_not(&self) -> String {
+        match self {
+            CloudAccess::Available(_) => String::new(),
+            CloudAccess::Forbidden => {
+                "no cloud fallback: the agent's policy has egress_allowed: false".into()
+            }
+            CloudAccess::NotConfigured => {
+                "no cloud fallback: the node config has no `cloud` endpoint".into()
+            }
+            CloudAccess::Misconfigured(m) => format!("no cloud fallback: {m}"),
+        }
+    }
+}
+
 /// A loaded agent: spec, tools and the node services it runs on.
 pub struct Agent {
     pub spec: AgentSpec,
     tools: ToolRegistry,
-    engine: Arc<Engine>,
+    /// None when the local model could not be loaded and every step goes to the cloud.
+    engine: Option<Arc<Engine>>,
+    cloud: CloudAccess,
     audit: Arc<AuditLog>,
     kv: Arc<Kv>,
     runs: RunStore,
@@ -124,11 +160,14 @@ pub struct Agent {
 impl Agent {
     /// `tools` come from `ToolRegistry::from_spec(&spec, ctx)`, built by the caller so that a spec
     /// with an unusable capability fails before the model is loaded.
+    ///
+    /// Without an engine every step goes to the cloud, or fails saying why it cannot.
     pub fn new(
         spec: AgentSpec,
         tools: ToolRegistry,
         ctx: &ToolContext,
-        engine: Arc<Engine>,
+        engine: Option<Arc<Engine>>,
+        cloud: CloudAccess,
         audit: Arc<AuditLog>,
         node: String,
     ) -> Self {
@@ -136,6 +175,7 @@ impl Agent {
             spec,
             tools,
             engine,
+            cloud,
             audit,
             kv: ctx.kv.clone(),
             runs: RunStore::new(ctx.kv.clone()),
@@ -144,9 +184,13 @@ impl Agent {
         }
     }
 
-    /// The model this agent's runs use.
-    pub fn model_name(&self) -> &str {
-        &self.engine.info().name
+    /// The model this agent's runs use (`cloud:MODEL` when there is no local one).
+    pub fn model_name(&self) -> String {
+        match (&self.engine, &self.cloud) {
+            (Some(e), _) => e.info().name.clone(),
+            (None, CloudAccess::Available(c)) => c.label(),
+            (None, _) => String::new(),
+        }
     }
 
     pub fn tools(&self) -> &ToolRegistry {
@@ -165,7 +209,11 @@ impl Agent {
             )
         });
 
-        if !self.tools.is_empty() && !self.engine.template().supports_tools() {
+        let prompt_lists_tools = self
+            .engine
+            .as_ref()
+            .is_some_and(|e| !e.template().supports_tools());
+        if !self.tools.is_empty() && prompt_lists_tools {
             s.push_str("\n\n");
             s.push_str(&describe_tools_for_prompt(&self.tools.specs()));
         }
@@ -234,7 +282,7 @@ impl Agent {
                 let _ = tx.send(e);
             }
         };
-        let model = self.engine.info().name.clone();
+        let model = self.model_name();
         let mut record = RunRecord {
             agent: self.spec.agent_id.clone(),
             run: run.clone(),
@@ -368,16 +416,6 @@ impl Agent {
             // Instrumenting the awaits (not entering the span) keeps it off other tasks of this
             // thread while the step waits.
             let span = tracing::info_span!("agent_step", step);
-            let prompt = self
-                .engine
-                .template()
-                .render(
-                    &messages,
-                    (!tools_json.is_empty() && self.engine.template().supports_tools())
-                        .then_some(&tools_json[..]),
-                    true,
-                )
-                .map_err(|e| AgentError::Other(format!("chat template: {e}")))?;
             // Tools still within budget; none once the run's call budget is spent.
             let available: Vec<_> = if total_calls >= limits.max_tool_calls {
                 Vec::new()
@@ -407,49 +445,32 @@ impl Agent {
             } else {
                 ToolChoice::Auto
             };
-            let constraint = if opts.constrained && !all_tools.is_empty() {
-                let grammar_tools = if offered.is_empty() {
-                    &all_tools
-                } else {
-                    &offered
-                };
-                Some(
-                    tool_call_grammar(grammar_tools, &choice)
-                        .map_err(|e| AgentError::Other(format!("tool grammar: {e}")))?,
-                )
+            let grammar_tools = if offered.is_empty() {
+                &all_tools
             } else {
-                None
+                &offered
             };
-            let mut req = GenerateRequest::new(prompt.clone());
-            req.max_tokens = spec.model_config.max_tokens.unwrap_or(DEFAULT_STEP_TOKENS);
-            // The engine checks the window on the prompt it tokenizes anyway, and stops the
-            // answer at the window's end.
-            req.context_limit = spec.model_config.context_window;
-            req.sampling = SamplingParams {
-                temperature: spec.model_config.temperature.unwrap_or(0.2),
-                seed: seed.wrapping_add(step),
-                ..SamplingParams::default()
-            };
-            req.constraint = constraint;
             let started = Instant::now();
-            let (output, usage) = match generate(&self.engine, req).instrument(span.clone()).await {
-                Ok(c) => (c.text, c.usage),
-                Err(InferError::ContextOverflow {
-                    prompt_tokens,
-                    limit,
-                }) => {
+            let gen = match self
+                .generate_step(
+                    &messages,
+                    &tools_json,
+                    grammar_tools,
+                    &choice,
+                    opts.constrained,
+                    seed.wrapping_add(step),
+                )
+                .instrument(span.clone())
+                .await
+            {
+                Ok(g) => g,
+                Err(message) => {
                     record.status = RunStatus::Failed;
-                    record.error = Some(format!(
-                        "step {step}: the conversation ({prompt_tokens} tokens) no longer fits the context window ({limit} tokens, model_config.context_window)"
-                    ));
-                    return Ok(());
-                }
-                Err(e) => {
-                    record.status = RunStatus::Failed;
-                    record.error = Some(format!("step {step}: the model failed: {e}"));
+                    record.error = Some(format!("step {step}: {message}"));
                     return Ok(());
                 }
             };
+            let (output, usage, prompt) = (gen.text, gen.usage, gen.prompt);
             let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
             let (content, calls) = parse_tool_calls(&output);
             let mut rec = StepRecord {
@@ -466,6 +487,8 @@ impl Agent {
                 forced_tokens: usage.forced_tokens,
                 generation_ms,
                 tool_ms: 0.0,
+                model: gen.model,
+                offload_reason: gen.offload_reason,
             };
             let prompt_sha = sha256_hex(prompt.as_bytes());
 
@@ -576,7 +599,7 @@ impl Agent {
             kind: "step".into(),
             run: record.run.clone(),
             step: Some(rec.step),
-            model: Some(record.model.clone()),
+            model: Some(rec.model.clone().unwrap_or_else(|| record.model.clone())),
             prompt_sha256: Some(prompt_sha.to_owned()),
             tool: rec.tool.clone(),
             arguments: rec.arguments.clone(),
@@ -588,7 +611,11 @@ impl Agent {
             result_sha256: Some(sha256_hex(rec.observation.as_bytes())),
             result_bytes: Some(rec.observation.len() as u64),
             decision: rec.decision.clone(),
-            detail,
+            detail: match (&rec.offload_reason, detail) {
+                (Some(why), Some(d)) => Some(format!("{d}; offloaded: {why}")),
+                (Some(why), None) => Some(format!("offloaded: {why}")),
+                (None, d) => d,
+            },
             duration_ms: (rec.generation_ms + rec.tool_ms) as u64,
             ..Default::default()
         })?;
@@ -596,6 +623,160 @@ impl Agent {
         self.runs.save(record)?;
         emit(StepEvent::Step(rec));
         Ok(())
+    }
+
+    /// One model turn: on the local engine, or on the cloud endpoint when the local model cannot
+    /// take it and the agent may use the cloud. `Err` is the run's failure message.
+    async fn generate_step(
+        &self,
+        messages: &[Value],
+        tools_json: &[Value],
+        grammar_tools: &[edgewise_infer::ToolSpec],
+        choice: &ToolChoice,
+        constrained: bool,
+        seed: u32,
+    ) -> Result<Generated, String> {
+        let spec = &self.spec;
+        let temperature = spec.model_config.temperature.unwrap_or(0.2);
+        let max_tokens = spec.model_config.max_tokens.unwrap_or(DEFAULT_STEP_TOKENS);
+        let Some(engine) = &self.engine else {
+            return self
+                .offload(
+                    messages,
+                    grammar_tools,
+                    choice,
+                    temperature,
+                    max_tokens,
+                    seed,
+                    "no local model is loaded".into(),
+                )
+                .await;
+        };
+        let template = engine.template();
+        let prompt = template
+            .render(
+                messages,
+                (!tools_json.is_empty() && template.supports_tools()).then_some(tools_json),
+                true,
+            )
+            .map_err(|e| format!("chat template: {e}"))?;
+        let mut req = GenerateRequest::new(prompt.clone());
+        req.max_tokens = max_tokens;
+        // The engine checks the window on the prompt it tokenizes anyway, and stops the answer at
+        // the window's end.
+        req.context_limit = spec.model_config.context_window;
+        req.sampling = SamplingParams {
+            temperature,
+            seed,
+            ..SamplingParams::default()
+        };
+        if constrained && !grammar_tools.is_empty() {
+            req.constraint = Some(
+                tool_call_grammar(grammar_tools, choice)
+                    .map_err(|e| format!("tool grammar: {e}"))?,
+            );
+        }
+        let local_failure = match generate(engine, req).await {
+            Ok(c) => {
+                return Ok(Generated {
+                    text: c.text,
+                    usage: c.usage,
+                    prompt,
+                    model: None,
+                    offload_reason: None,
+                })
+            }
+            Err(e) => e,
+        };
+        let why = match &local_failure {
+            InferError::ContextOverflow { prompt_tokens, limit } => format!(
+                "the conversation ({prompt_tokens} tokens) no longer fits the context window ({limit} tokens, model_config.context_window)"
+            ),
+            e => format!("the model failed: {e}"),
+        };
+        // Failures that another model could get past; a bad grammar or request would fail there too.
+        let offloadable = matches!(
+            local_failure,
+            InferError::ContextOverflow { .. }
+                | InferError::QueueFull { .. }
+                | InferError::Decode(_)
+                | InferError::EngineStopped
+        );
+        if !offloadable {
+            return Err(why);
+        }
+        if !matches!(self.cloud, CloudAccess::Available(_)) {
+            return Err(format!("{why} ({})", self.cloud.why_not()));
+        }
+        tracing::warn!(reason = %why, "local model cannot take this step; offloading to the cloud");
+        self.offload(
+            messages,
+            grammar_tools,
+            choice,
+            temperature,
+            max_tokens,
+            seed,
+            why,
+        )
+        .await
+    }
+
+    /// The step on the cloud endpoint, retried up to `workflow_policy.max_retries` times with
+    /// backoff; an open breaker ends the retries at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn offload(
+        &self,
+        messages: &[Value],
+        tools: &[edgewise_infer::ToolSpec],
+        choice: &ToolChoice,
+        temperature: f32,
+        max_tokens: u32,
+        seed: u32,
+        reason: String,
+    ) -> Result<Generated, String> {
+        let CloudAccess::Available(cloud) = &self.cloud else {
+            return Err(format!("{reason} ({})", self.cloud.why_not()));
+        };
+        let tools_json: Vec<Value> = tools.iter().map(openai_tool).collect();
+        let attempts = self.spec.workflow_policy.max_retries + 1;
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            match cloud
+                .step(messages, &tools_json, choice, temperature, max_tokens, seed)
+                .await
+            {
+                Ok(c) => {
+                    return Ok(Generated {
+                        text: c.text,
+                        usage: edgewise_infer::Usage {
+                            prompt_tokens: c.prompt_tokens,
+                            cached_tokens: c.cached_tokens,
+                            completion_tokens: c.completion_tokens,
+                            ..Default::default()
+                        },
+                        // What was sent, for the audit digest.
+                        prompt: serde_json::to_string(messages).unwrap_or_default(),
+                        model: Some(cloud.label()),
+                        offload_reason: Some(reason),
+                    });
+                }
+                Err(e @ CloudError::BreakerOpen { .. }) => {
+                    return Err(format!("{reason}; {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(attempt = attempt + 1, error = %e, "cloud step failed");
+                    last = e.to_string();
+                    if attempt + 1 < attempts {
+                        let backoff = Duration::from_millis(250 << attempt.min(4));
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "{reason}; the cloud fallback failed {attempts} times (workflow_policy.max_retries is {}): {last}",
+            self.spec.workflow_policy.max_retries
+        ))
     }
 
     /// Earlier runs of this agent (task and answer), newest last, per `memory.history_window`.
@@ -616,6 +797,16 @@ impl Agent {
         }
         Ok(out)
     }
+}
+
+/// What one model turn produced, wherever it ran.
+struct Generated {
+    text: String,
+    usage: edgewise_infer::Usage,
+    /// The rendered prompt (local) or the messages as sent (cloud): what the audit digests.
+    prompt: String,
+    model: Option<String>,
+    offload_reason: Option<String>,
 }
 
 /// One generation to its end; dropping the future (run timeout, cancel) cancels it in the engine.

@@ -4,11 +4,13 @@
 //! config and agent spec files it is pointed at.
 
 pub mod agent_spec;
+pub mod breaker;
 pub mod config;
 pub mod paths;
 pub mod sampling;
 
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
+pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{AuditContent, CloudEndpoint, ConfigError, NodeConfig};
 pub use paths::DataDir;
 pub use sampling::SamplingParams;

@@ -113,22 +113,42 @@ fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
         );
     }
     let context_window = spec.model_config.context_window;
-    let engine = node
-        .load_engine(Some(&choice.model), |cfg| {
-            if let Some(w) = context_window {
-                cfg.context_per_request = cfg.context_per_request.max(w);
-                cfg.kv_cells = cfg.kv_cells.max(w);
+    let loaded = node.load_engine(Some(&choice.model), |cfg| {
+        if let Some(w) = context_window {
+            cfg.context_per_request = cfg.context_per_request.max(w);
+            cfg.kv_cells = cfg.kv_cells.max(w);
+        }
+        cfg.slots = cfg.slots.min(2);
+    });
+    let agent = match loaded {
+        Ok(engine) => host.agent(spec, tools, Arc::new(engine)),
+        // Local first, the cloud (where the policy allows it) as the last resort.
+        Err(load_error) => {
+            let fallback = spec.workflow_policy.fallback.clone();
+            match host.cloud_agent(spec, tools) {
+                Ok(agent) => {
+                    eprintln!(
+                        "warning: {load_error:#}\nwarning: running every step on the cloud fallback ({})",
+                        agent.model_name()
+                    );
+                    agent
+                }
+                Err(no_cloud) => {
+                    let mut e = load_error.context(format!(
+                        "the local model cannot serve this agent, and {no_cloud}"
+                    ));
+                    // Offloading to a node needs the mesh; until this node has one, say so
+                    // instead of failing vaguely.
+                    if let Some(f) = fallback {
+                        e = e.context(format!(
+                            "its fallback '{f}' is unreachable: this node is not part of a mesh"
+                        ));
+                    }
+                    return Err(e);
+                }
             }
-            cfg.slots = cfg.slots.min(2);
-        })
-        .map_err(|e| match &spec.workflow_policy.fallback {
-            // Offloading needs the mesh; until a node has one, say so instead of failing vaguely.
-            Some(f) => e.context(format!(
-                "the local model cannot serve this agent, and its fallback '{f}' is unreachable: this node is not part of a mesh"
-            )),
-            None => e,
-        })?;
-    let agent = host.agent(spec, tools, Arc::new(engine));
+        }
+    };
     let opts = RunOptions {
         constrained: !args.no_constraints,
         seed: args.seed,

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, http};
+use support::{connect, http, http_with};
 
 use serde_json::Value;
 
@@ -824,6 +824,156 @@ fn refused_calls_are_audited_and_the_run_ends_cleanly() {
             .any(|e| e["step"] == refused["step"] && e["decision"] == "refused");
         assert!(audited, "{task}: refusal not audited: {}", text(&out));
     }
+    let out = edgewise(home.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+const CLOUD_AGENT: &str = r#"agent_id: "cloud-kv"
+version: "1"
+runtime:
+  type: native
+capabilities:
+  - name: kv_set
+    endpoint: "builtin:kv_set"
+instructions: "Store the value '7' under the key 'shift' with kv_set, then answer 'done'."
+limits:
+  min_tool_calls: 1
+  max_steps: 4
+workflow_policy:
+  max_retries: 3
+  egress_allowed: EGRESS
+"#;
+
+/// Requests the cloud node answered on its chat endpoint (from its own metrics).
+fn cloud_chat_requests(port: u16) -> u64 {
+    let (status, _, body) = http_with(
+        port,
+        "GET",
+        "/metrics",
+        "",
+        "Authorization: Bearer cloud-secret\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| l.starts_with("edgewise_http_requests_total{route=\"/v1/chat/completions\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn cloud_fallback_serves_only_agents_allowed_egress_and_its_breaker_opens() {
+    let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // The "cloud": another node's OpenAI-compatible API on loopback, behind a bearer key.
+    let cloud_home = home();
+    let cloud_config = cloud_home.path().join("config.yaml");
+    std::fs::write(
+        &cloud_config,
+        "threads: 2\nparallel: 2\napi_key: cloud-secret\nmqtt_listen: \"\"\n",
+    )
+    .unwrap();
+    let cloud = Serve::start(cloud_home.path(), &cloud_config);
+
+    // The local node only trusts models signed by a key that signed nothing: its model is
+    // refused at load, so it cannot take a step itself.
+    let home = home();
+    let out = edgewise(home.path())
+        .args(["models", "keygen", "--out"])
+        .arg(home.path().join("signing.key"))
+        .output()
+        .unwrap();
+    let public_key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no public key: {}", text(&out)));
+    std::fs::write(
+        home.path().join("config.yaml"),
+        format!(
+            "trusted_keys: [\"{public_key}\"]\nmqtt_listen: \"\"\ncloud:\n  url: http://127.0.0.1:{}/v1\n  model: qwen2.5-coder-0.5b-instruct\n  api_key_env: EDGEWISE_TEST_CLOUD_KEY\n  breaker_failures: 2\n  breaker_cooldown_s: 600\n",
+            cloud.port
+        ),
+    )
+    .unwrap();
+    let run = |egress: &str| {
+        let spec = home.path().join(format!("cloud-{egress}.yaml"));
+        std::fs::write(&spec, CLOUD_AGENT.replace("EGRESS", egress)).unwrap();
+        edgewise(home.path())
+            .env("EDGEWISE_TEST_CLOUD_KEY", "cloud-secret")
+            .args(["agent", "run", "--json", "--seed", "1"])
+            .arg(&spec)
+            .arg("Record the shift value.")
+            .output()
+            .unwrap()
+    };
+
+    // egress_allowed: false: the run fails, says why, and nothing reaches the cloud.
+    let before = cloud_chat_requests(cloud.port);
+    let out = run("false");
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("signature"), "{}", text(&out));
+    assert!(err.contains("egress_allowed: false"), "{}", text(&out));
+    assert_eq!(cloud_chat_requests(cloud.port), before);
+
+    // egress_allowed: true: every step runs on the cloud node, the call is executed locally.
+    let out = run("true");
+    assert!(out.status.success(), "{}", text(&out));
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    let steps = outcome["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["model"] == "cloud:qwen2.5-coder-0.5b-instruct"),
+        "{outcome}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["tool"] == "kv_set" && s["decision"] == "call"),
+        "{outcome}"
+    );
+    assert!(cloud_chat_requests(cloud.port) >= before + steps.len() as u64);
+    let out = edgewise(home.path())
+        .args(["kv", "get", "agent:cloud-kv", "shift"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The audit log names the model that took each step, and why it was offloaded.
+    let out = edgewise(home.path())
+        .args(["audit", "show", "--json", "--run"])
+        .arg(outcome["run"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let first_step = records
+        .iter()
+        .find(|r| r["kind"] == "step")
+        .unwrap_or_else(|| panic!("no step audited: {}", text(&out)));
+    assert_eq!(first_step["model"], "cloud:qwen2.5-coder-0.5b-instruct");
+    assert!(
+        first_step["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("offloaded"),
+        "{first_step}"
+    );
+
+    // The cloud goes away: two failures open the breaker, so the third try is not made.
+    drop(cloud);
+    let out = run("true");
+    assert!(!out.status.success(), "{}", text(&out));
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = outcome["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("circuit breaker opened after 2 consecutive failures"),
+        "{outcome}"
+    );
     let out = edgewise(home.path())
         .args(["audit", "verify"])
         .output()

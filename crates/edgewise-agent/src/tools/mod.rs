@@ -142,10 +142,7 @@ impl ToolRegistry {
 
     /// OpenAI-shaped tool objects, as chat templates expect them.
     pub fn openai_tools(&self) -> Vec<Value> {
-        self.specs()
-            .into_iter()
-            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
-            .collect()
+        self.specs().iter().map(openai_tool).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,4 +267,9 @@ fn words(name: &str) -> String {
         Some(c) => c.to_uppercase().chain(chars).collect(),
         None => spaced,
     }
+}
+
+/// One tool as an OpenAI `tools[]` entry.
+pub fn openai_tool(t: &ToolSpec) -> Value {
+    json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}})
 }

@@ -1,20 +1,44 @@
 //! Helpers shared by the end-to-end test binaries: a dependency-free loopback HTTP client (tests
 //! must see exactly what goes over the wire, chunked SSE included).
+// Each test binary uses a part of these.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 pub fn connect(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<TcpStream> {
+    connect_with(port, method, path, body, "")
+}
+
+/// `headers`: extra header lines, each ending in `\r\n`.
+pub fn connect_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(180)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     Ok(s)
 }
 
 /// One loopback HTTP/1.1 request: (status, head, body); status 0 when nothing answers.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let Ok(mut s) = connect(port, method, path, body) else {
+    http_with(port, method, path, body, "")
+}
+
+/// `http` with extra header lines (each ending in `\r\n`).
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String, String) {
+    let Ok(mut s) = connect_with(port, method, path, body, headers) else {
         return (0, String::new(), String::new());
     };
     let mut raw = Vec::new();
