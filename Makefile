@@ -10,7 +10,7 @@ export EDGEWISE_HOME ?= $(HOME)/.local/share/edgewise
 VENV := .venv
 APT_PACKAGES := cmake clang libclang-dev mosquitto mosquitto-clients
 
-.PHONY: all deps build models venv demo test bench fmt clean
+.PHONY: all deps build components models venv demo test bench fmt clean
 
 all: build
 
@@ -33,6 +33,14 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
+# Guest components (components/, a workspace of their own) for wasm32-wasip2.
+COMPONENTS_TARGET := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/components
+COMPONENTS_DIR := $(COMPONENTS_TARGET)/wasm32-wasip2/release
+export EDGEWISE_COMPONENTS := $(COMPONENTS_DIR)
+components:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	$(CARGO) build --release --locked --target wasm32-wasip2 --manifest-path components/Cargo.toml --target-dir $(COMPONENTS_TARGET)
+
 models: build
 	$(BIN) pull qwen2.5-coder-0.5b-instruct
 	$(BIN) pull all-minilm-l6-v2
@@ -45,10 +53,10 @@ $(VENV)/.ready:
 	$(VENV)/bin/pip install -q --disable-pip-version-check openai==1.* jinja2==3.* mcp==1.*
 	touch $@
 
-demo: models
+demo: models components
 	bash examples/demo.sh $(BIN)
 
-test: models venv
+test: models venv components
 	EDGEWISE_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --release --locked --workspace -- --test-threads=2
 
 bench: models

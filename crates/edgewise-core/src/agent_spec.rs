@@ -94,6 +94,9 @@ pub struct Capability {
     /// Time one call may take.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// `wasm:` only: what the component may touch (default: nothing).
+    #[serde(default)]
+    pub grants: Option<crate::Grants>,
 }
 
 /// Where a capability's calls go. Written as a URI in the spec.

@@ -6,11 +6,13 @@
 pub mod agent_spec;
 pub mod breaker;
 pub mod config;
+pub mod grants;
 pub mod paths;
 pub mod sampling;
 
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{AuditContent, CloudEndpoint, ConfigError, NodeConfig};
+pub use grants::{ComponentManifest, FileGrant, Grants, HostInterface};
 pub use paths::DataDir;
 pub use sampling::SamplingParams;

@@ -52,12 +52,20 @@ impl DataDir {
     pub fn audit_log(&self) -> PathBuf {
         self.root.join("audit").join("audit.jsonl")
     }
-    /// Node configuration.
     /// Where relative paths of agents registered over the API resolve (roots, components).
     pub fn agents(&self) -> PathBuf {
         self.root.join("agents")
     }
 
+    /// Installed Wasm components (`edgewise component add`), one directory each.
+    pub fn components(&self) -> PathBuf {
+        self.root.join("components")
+    }
+    /// Compiled Wasm artifacts keyed by content hash, so a restart does not recompile.
+    pub fn wasm_cache(&self) -> PathBuf {
+        self.root.join("cache").join("wasm")
+    }
+    /// Node configuration.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")
     }

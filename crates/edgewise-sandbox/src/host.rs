@@ -1,0 +1,337 @@
+//! What a component's imports reach: the node's services behind `HostServices`, each checked
+//! against the component's grants before it is called.
+
+use std::sync::Arc;
+
+use edgewise_core::{Grants, HostInterface};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::edgewise::agent::{events, inference, tools, types};
+use crate::bindings::wasi::keyvalue::store;
+use crate::bindings::wasi::logging::logging;
+use crate::limits::CallLimits;
+
+/// One chat message for `HostServices::chat`.
+#[derive(Debug, Clone)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InferenceOptions {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Constrain the output to JSON valid under this schema.
+    pub json_schema: Option<serde_json::Value>,
+}
+
+/// The node's services as components see them. Calls come from a blocking thread (components
+/// run synchronously), so implementations may block, e.g. on an async runtime's handle. Errors
+/// are messages for the component. Grants are checked before any of these is called.
+pub trait HostServices: Send + Sync {
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String>;
+    fn kv_keys(&self, namespace: &str) -> Result<Vec<String>, String>;
+    fn chat(&self, messages: &[ChatMessage], options: &InferenceOptions) -> Result<String, String>;
+    fn generate(&self, prompt: &str, options: &InferenceOptions) -> Result<String, String>;
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String>;
+    fn call_tool(&self, name: &str, args_json: &str) -> Result<String, String>;
+    fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), String>;
+}
+
+/// For hosts without a node behind them (`component inspect`, tests): every service says so.
+pub struct NoServices;
+
+const NO_NODE: &str = "this host has no node services (no model, store or broker)";
+
+impl HostServices for NoServices {
+    fn kv_get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Err(NO_NODE.into())
+    }
+    fn kv_set(&self, _: &str, _: &str, _: &[u8]) -> Result<(), String> {
+        Err(NO_NODE.into())
+    }
+    fn kv_delete(&self, _: &str, _: &str) -> Result<(), String> {
+        Err(NO_NODE.into())
+    }
+    fn kv_keys(&self, _: &str) -> Result<Vec<String>, String> {
+        Err(NO_NODE.into())
+    }
+    fn chat(&self, _: &[ChatMessage], _: &InferenceOptions) -> Result<String, String> {
+        Err(NO_NODE.into())
+    }
+    fn generate(&self, _: &str, _: &InferenceOptions) -> Result<String, String> {
+        Err(NO_NODE.into())
+    }
+    fn embed(&self, _: &str) -> Result<Vec<f32>, String> {
+        Err(NO_NODE.into())
+    }
+    fn call_tool(&self, _: &str, _: &str) -> Result<String, String> {
+        Err(NO_NODE.into())
+    }
+    fn publish(&self, _: &str, _: &[u8]) -> Result<(), String> {
+        Err(NO_NODE.into())
+    }
+}
+
+/// An open bucket: the KV namespace it maps to.
+pub struct Bucket {
+    namespace: String,
+}
+
+/// The store data of one call.
+pub(crate) struct HostState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: CallLimits,
+    pub grants: Arc<Grants>,
+    pub services: Arc<dyn HostServices>,
+    pub component: String,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    fn denied(&self, interface: HostInterface) -> String {
+        format!(
+            "component '{}' is not granted the {interface} interface (grants.interfaces)",
+            self.component
+        )
+    }
+}
+
+impl types::Host for HostState {}
+
+impl logging::Host for HostState {
+    fn log(
+        &mut self,
+        level: logging::Level,
+        context: String,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        // Denied logging is dropped, not an error: a log line must never change behaviour.
+        if !self.grants.allows(HostInterface::Logging) {
+            return Ok(());
+        }
+        let c = &self.component;
+        match level {
+            logging::Level::Trace => tracing::trace!(component = %c, %context, "{message}"),
+            logging::Level::Debug => tracing::debug!(component = %c, %context, "{message}"),
+            logging::Level::Info => tracing::info!(component = %c, %context, "{message}"),
+            logging::Level::Warn => tracing::warn!(component = %c, %context, "{message}"),
+            logging::Level::Error | logging::Level::Critical => {
+                tracing::error!(component = %c, %context, "{message}")
+            }
+        }
+        Ok(())
+    }
+}
+
+impl store::Host for HostState {
+    fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+        if !self.grants.allows(HostInterface::Keyvalue)
+            || !self.grants.kv_buckets.iter().any(|b| *b == identifier)
+        {
+            return Ok(Err(store::Error::AccessDenied));
+        }
+        let bucket = Bucket {
+            namespace: format!("wasm:{}:{identifier}", self.component),
+        };
+        Ok(Ok(self.table.push(bucket)?))
+    }
+}
+
+impl store::HostBucket for HostState {
+    fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let ns = self.table.get(&bucket)?.namespace.clone();
+        Ok(self.services.kv_get(&ns, &key).map_err(store::Error::Other))
+    }
+
+    fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let ns = self.table.get(&bucket)?.namespace.clone();
+        Ok(self
+            .services
+            .kv_set(&ns, &key, &value)
+            .map_err(store::Error::Other))
+    }
+
+    fn delete(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let ns = self.table.get(&bucket)?.namespace.clone();
+        Ok(self
+            .services
+            .kv_delete(&ns, &key)
+            .map_err(store::Error::Other))
+    }
+
+    fn exists(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, store::Error>> {
+        let ns = self.table.get(&bucket)?.namespace.clone();
+        Ok(self
+            .services
+            .kv_get(&ns, &key)
+            .map(|v| v.is_some())
+            .map_err(store::Error::Other))
+    }
+
+    fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        _cursor: Option<String>,
+    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let ns = self.table.get(&bucket)?.namespace.clone();
+        // One page: a component's bucket is small, and the cursor stays for the interface's sake.
+        Ok(self
+            .services
+            .kv_keys(&ns)
+            .map(|keys| store::KeyResponse { keys, cursor: None })
+            .map_err(store::Error::Other))
+    }
+
+    fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+fn options_of(o: &inference::Options) -> Result<InferenceOptions, inference::Error> {
+    let json_schema = match &o.json_schema {
+        None => None,
+        Some(s) => Some(serde_json::from_str(s).map_err(|e| {
+            inference::Error::Failed(format!("options.json-schema is not JSON: {e}"))
+        })?),
+    };
+    Ok(InferenceOptions {
+        max_tokens: o.max_tokens,
+        temperature: o.temperature,
+        json_schema,
+    })
+}
+
+impl inference::Host for HostState {
+    fn chat(
+        &mut self,
+        messages: Vec<inference::Message>,
+        options: inference::Options,
+    ) -> wasmtime::Result<Result<String, inference::Error>> {
+        if !self.grants.allows(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(
+                self.denied(HostInterface::Inference),
+            )));
+        }
+        let options = match options_of(&options) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        let messages: Vec<ChatMessage> = messages
+            .into_iter()
+            .map(|m| ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
+            .collect();
+        Ok(self
+            .services
+            .chat(&messages, &options)
+            .map_err(inference::Error::Failed))
+    }
+
+    fn generate(
+        &mut self,
+        prompt: String,
+        options: inference::Options,
+    ) -> wasmtime::Result<Result<String, inference::Error>> {
+        if !self.grants.allows(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(
+                self.denied(HostInterface::Inference),
+            )));
+        }
+        let options = match options_of(&options) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self
+            .services
+            .generate(&prompt, &options)
+            .map_err(inference::Error::Failed))
+    }
+
+    fn embed(&mut self, text: String) -> wasmtime::Result<Result<Vec<f32>, inference::Error>> {
+        if !self.grants.allows(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(
+                self.denied(HostInterface::Inference),
+            )));
+        }
+        Ok(self.services.embed(&text).map_err(inference::Error::Failed))
+    }
+}
+
+impl tools::Host for HostState {
+    fn call(
+        &mut self,
+        name: String,
+        args_json: String,
+    ) -> wasmtime::Result<Result<String, types::ToolError>> {
+        if !self.grants.allows(HostInterface::Tools) {
+            return Ok(Err(types::ToolError::Denied(
+                self.denied(HostInterface::Tools),
+            )));
+        }
+        Ok(self
+            .services
+            .call_tool(&name, &args_json)
+            .map_err(types::ToolError::Failed))
+    }
+}
+
+impl events::Host for HostState {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), events::Error>> {
+        if !self.grants.allows(HostInterface::Events) {
+            return Ok(Err(events::Error::Denied(
+                self.denied(HostInterface::Events),
+            )));
+        }
+        if !self.grants.topics.iter().any(|t| *t == topic) {
+            return Ok(Err(events::Error::Denied(format!(
+                "component '{}' is not granted topic '{topic}' (grants.topics)",
+                self.component
+            ))));
+        }
+        Ok(self
+            .services
+            .publish(&topic, &payload)
+            .map_err(events::Error::Failed))
+    }
+}
