@@ -12,6 +12,7 @@ use edgewise_store::{AuditLog, AuditRecord, Kv};
 use crate::cloud::CloudModel;
 use crate::runner::CloudAccess;
 use crate::runs::{RunRecord, RunStore};
+use crate::tools::wasm::SandboxSlot;
 use crate::tools::{ToolContext, ToolRegistry};
 use crate::{Agent, AgentError};
 
@@ -22,6 +23,9 @@ pub struct AgentHost {
     /// The node's cloud fallback, shared (with its breaker) by all its agents; `Err` says why the
     /// configured one cannot be used, so only agents that would use it fail.
     cloud: Result<Option<Arc<CloudModel>>, String>,
+    data: DataDir,
+    /// One Wasm sandbox for all the node's agents.
+    sandbox: SandboxSlot,
 }
 
 impl AgentHost {
@@ -36,6 +40,8 @@ impl AgentHost {
             audit,
             config,
             cloud,
+            data: data.clone(),
+            sandbox: SandboxSlot::default(),
         };
         for r in host.runs().mark_interrupted()? {
             tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
@@ -68,13 +74,15 @@ impl AgentHost {
         spec: &AgentSpec,
         spec_dir: &Path,
     ) -> Result<(ToolRegistry, ToolContext), AgentError> {
-        let ctx = ToolContext {
-            agent_id: spec.agent_id.clone(),
-            kv: self.kv.clone(),
-            config: self.config.clone(),
-            egress_allowed: spec.workflow_policy.egress_allowed,
-            spec_dir: spec_dir.to_path_buf(),
-        };
+        let mut ctx = ToolContext::new(
+            &spec.agent_id,
+            self.kv.clone(),
+            self.config.clone(),
+            spec.workflow_policy.egress_allowed,
+            spec_dir.to_path_buf(),
+            &self.data,
+        );
+        ctx.sandbox = self.sandbox.clone();
         let tools = ToolRegistry::from_spec(spec, &ctx).await?;
         Ok((tools, ctx))
     }
@@ -87,6 +95,8 @@ impl AgentHost {
         engine: Arc<Engine>,
     ) -> Agent {
         let cloud = self.cloud_access(&spec);
+        // Components granted inference use the agent's model.
+        let _ = tools.1.engine.0.set(engine.clone());
         self.build(spec, tools, Some(engine), cloud)
     }
 

@@ -36,13 +36,14 @@ workflow_policy:
 "#
     );
     let spec = AgentSpec::parse(&yaml, Path::new("policy.yaml")).unwrap();
-    let ctx = ToolContext {
-        agent_id: spec.agent_id.clone(),
-        kv: Arc::new(Kv::open(&dir.join("state.redb")).unwrap()),
-        config: NodeConfig::default(),
-        egress_allowed: spec.workflow_policy.egress_allowed,
-        spec_dir: dir.to_path_buf(),
-    };
+    let ctx = ToolContext::new(
+        &spec.agent_id,
+        Arc::new(Kv::open(&dir.join("state.redb")).unwrap()),
+        NodeConfig::default(),
+        spec.workflow_policy.egress_allowed,
+        dir.to_path_buf(),
+        &edgewise_core::DataDir::new(dir),
+    );
     ToolRegistry::from_spec(&spec, &ctx).await.unwrap()
 }
 
@@ -122,15 +123,16 @@ async fn non_local_destinations_are_refused_without_egress() {
 #[tokio::test]
 async fn endpoints_this_node_cannot_serve_are_refused_at_load_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let ctx = ToolContext {
-        agent_id: "a".into(),
-        kv: Arc::new(Kv::open(&dir.path().join("s.redb")).unwrap()),
-        config: NodeConfig::default(),
-        egress_allowed: false,
-        spec_dir: dir.path().to_path_buf(),
-    };
+    let ctx = ToolContext::new(
+        "a",
+        Arc::new(Kv::open(&dir.path().join("s.redb")).unwrap()),
+        NodeConfig::default(),
+        false,
+        dir.path().to_path_buf(),
+        &edgewise_core::DataDir::new(dir.path()),
+    );
     for (endpoint, why) in [
-        ("wasm:calc.wasm", "Wasm sandbox"),
+        ("wasm:calc.wasm", "cannot read"),
         (
             "mcp+stdio:/nonexistent/mcp-server --stdio",
             "cannot start '/nonexistent/mcp-server'",

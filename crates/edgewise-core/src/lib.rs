@@ -9,6 +9,7 @@ pub mod config;
 pub mod grants;
 pub mod paths;
 pub mod sampling;
+pub mod signing;
 
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};

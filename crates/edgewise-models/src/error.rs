@@ -59,3 +59,12 @@ impl ModelError {
         move |source| ModelError::Io { path, source }
     }
 }
+
+impl From<edgewise_core::signing::KeyError> for ModelError {
+    fn from(e: edgewise_core::signing::KeyError) -> Self {
+        ModelError::Key {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}

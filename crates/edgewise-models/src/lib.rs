@@ -11,7 +11,8 @@ mod download;
 mod error;
 pub mod gguf;
 mod pull;
-pub mod signing;
+/// Signatures now live in `edgewise_core::signing` (models and components share them).
+pub use edgewise_core::signing;
 mod store;
 
 pub use catalog::{Catalog, CatalogEntry, ModelFormat, Source, WheelPart};

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use edgewise_core::DataDir;
 use serde::{Deserialize, Serialize};
 
-use crate::signing::{self, ManifestSignature};
 use crate::{gguf, Catalog, ModelError, ModelFormat, NoProgress};
+use edgewise_core::signing::{self, Artifact, ManifestSignature};
 
 const MANIFEST: &str = "manifest.json";
 const SIGNATURE: &str = "signature.json";
@@ -267,7 +267,7 @@ impl ModelStore {
         key: &ed25519_dalek::SigningKey,
     ) -> Result<ManifestSignature, ModelError> {
         let m = self.manifest(name)?;
-        let sig = signing::sign(key, &m.name, &m.sha256, m.size);
+        let sig = signing::sign(key, Artifact::Model, &m.name, &m.sha256, m.size);
         write_json(&self.model_dir(name).join(SIGNATURE), &sig)?;
         Ok(sig)
     }
@@ -365,11 +365,17 @@ impl ModelStore {
                     })
                 }
             };
-            signing::verify(&sig, &m.name, &m.sha256, m.size, trusted_keys).map_err(|reason| {
-                ModelError::Untrusted {
-                    name: m.name.clone(),
-                    reason,
-                }
+            signing::verify(
+                &sig,
+                Artifact::Model,
+                &m.name,
+                &m.sha256,
+                m.size,
+                trusted_keys,
+            )
+            .map_err(|reason| ModelError::Untrusted {
+                name: m.name.clone(),
+                reason,
             })?;
         }
         Ok(resolved)

@@ -15,6 +15,7 @@ mod component;
 mod error;
 mod host;
 mod limits;
+pub mod store;
 
 pub use component::{ComponentKind, LoadedComponent, Sandbox, SandboxConfig, ToolInfo};
 pub use error::SandboxError;

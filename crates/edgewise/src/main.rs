@@ -4,6 +4,7 @@ mod agent;
 mod bench;
 mod bench_agent;
 mod chat;
+mod component;
 mod eval;
 mod kv;
 mod models;
@@ -69,6 +70,9 @@ enum Command {
     /// Read and write the node's key-value state (agents' kv_set lands in `agent:<id>`).
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Install, inspect and call Wasm components (tools and agent logic).
+    #[command(subcommand)]
+    Component(component::ComponentCommand),
     /// Verify and read the hash-chained audit log.
     #[command(subcommand)]
     Audit(agent::AuditCommand),
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agent(cmd) => agent::run(&node, cmd),
         Command::Audit(cmd) => agent::audit(&node, cmd),
         Command::Kv(cmd) => kv::run(&node, cmd),
+        Command::Component(cmd) => component::run(&node, cmd),
         Command::Eval(cmd) => eval::run(&node, cmd),
     }
 }

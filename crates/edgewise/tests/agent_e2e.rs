@@ -9,11 +9,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, http, http_with};
+use support::{connect, http, http_with, text};
 
 use serde_json::Value;
 
@@ -117,15 +117,6 @@ fn sensor_sim(socket: &Path) -> Guard {
         .expect("python3 for the sensor simulator");
     wait_for("sensor simulator", || socket.exists());
     Guard(child)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod http;
 mod mcp;
 mod mqtt;
 mod unix;
+pub mod wasm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,9 +49,38 @@ pub struct ToolContext {
     pub egress_allowed: bool,
     /// Relative paths in the spec (roots, components) resolve against this.
     pub spec_dir: PathBuf,
+    /// Installed components (`wasm:NAME`).
+    pub data_components: PathBuf,
+    /// Compiled component artifacts.
+    pub wasm_cache: PathBuf,
+    pub sandbox: wasm::SandboxSlot,
+    /// The agent's model, for components granted inference.
+    pub engine: wasm::EngineSlot,
 }
 
 impl ToolContext {
+    /// `data` is the node's data dir (installed components, compiled artifacts).
+    pub fn new(
+        agent_id: &str,
+        kv: Arc<Kv>,
+        config: NodeConfig,
+        egress_allowed: bool,
+        spec_dir: PathBuf,
+        data: &edgewise_core::DataDir,
+    ) -> Self {
+        Self {
+            agent_id: agent_id.to_owned(),
+            kv,
+            config,
+            egress_allowed,
+            spec_dir,
+            data_components: data.components(),
+            wasm_cache: data.wasm_cache(),
+            sandbox: wasm::SandboxSlot::default(),
+            engine: wasm::EngineSlot::default(),
+        }
+    }
+
     pub fn kv_namespace(&self) -> String {
         format!("agent:{}", self.agent_id)
     }
@@ -108,7 +138,10 @@ impl ToolRegistry {
                 )
                 .await
                 .map_err(failed)?,
-                _ => vec![build(cap, spec, ctx).map_err(failed)?],
+                Endpoint::Wasm(target) if spec.runtime.kind == RuntimeKind::WasmEdge => {
+                    wasm::connect(cap, spec, ctx, target).map_err(failed)?
+                }
+                _ => vec![build(cap, ctx).map_err(failed)?],
             };
             for tool in tools {
                 reg.insert(tool).map_err(failed)?;
@@ -183,7 +216,7 @@ impl ToolRegistry {
     }
 }
 
-fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
+fn build(cap: &Capability, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
     let timeout = cap.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let spec_for = |default_description: String, default_parameters: Value| ToolSpec {
         name: cap.name.clone(),
@@ -245,13 +278,11 @@ fn build(cap: &Capability, spec: &AgentSpec, ctx: &ToolContext) -> Result<Arc<dy
             timeout,
         )?),
         Endpoint::Builtin(name) => builtin::build(name, cap, ctx, spec_for, timeout)?,
+        // `wasm-edge` components are connected in `ToolRegistry::from_spec`.
         Endpoint::Wasm(_) => {
-            let why = if spec.runtime.kind == RuntimeKind::Native {
-                "wasm: tools need `runtime.type: wasm-edge`, and this spec says native"
-            } else {
-                "wasm: component tools need the Wasm sandbox, which this build of edgewise does not include yet; use unix://, mqtt://, http(s):// or builtin: endpoints"
-            };
-            return Err(why.into());
+            return Err(
+                "wasm: tools need `runtime.type: wasm-edge`, and this spec says native".into(),
+            )
         }
         // One capability, many tools: `ToolRegistry::from_spec` connects these.
         Endpoint::McpStdio { .. } => return Err("an MCP server has no single tool".into()),

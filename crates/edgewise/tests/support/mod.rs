@@ -73,3 +73,13 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A finished process, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -1,14 +1,36 @@
-//! ed25519 signatures over a model manifest's identity (name, sha256, size).
+//! ed25519 signatures over an artifact's identity (kind, name, sha256, size): models and Wasm
+//! components share one trust store (the node's `trusted_keys`).
 //!
 //! The signed message is a fixed text layout, not JSON, so that field order or whitespace changes in
-//! the manifest file can never change what a signature means.
+//! the manifest file can never change what a signature means; the kind is part of it, so a model's
+//! signature never passes for a component's.
 
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ModelError;
+/// A key file that cannot be read, written or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("key {path}: {message}")]
+pub struct KeyError {
+    pub path: std::path::PathBuf,
+    pub message: String,
+}
+
+fn key_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |e| KeyError {
+        path: path.into(),
+        message: e.to_string(),
+    }
+}
+
+/// What was signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    Model,
+    Component,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestSignature {
@@ -18,14 +40,19 @@ pub struct ManifestSignature {
     pub signature: String,
 }
 
-pub fn signed_message(name: &str, sha256: &str, size: u64) -> Vec<u8> {
-    format!("edgewise-model-signature-v1\nname={name}\nsha256={sha256}\nsize={size}\n").into_bytes()
+pub fn signed_message(kind: Artifact, name: &str, sha256: &str, size: u64) -> Vec<u8> {
+    let kind = match kind {
+        Artifact::Model => "model",
+        Artifact::Component => "component",
+    };
+    format!("edgewise-{kind}-signature-v1\nname={name}\nsha256={sha256}\nsize={size}\n")
+        .into_bytes()
 }
 
 /// Writes a new secret key (hex, mode 0600) to `path` and returns the public key in hex.
-pub fn generate_key(path: &Path) -> Result<String, ModelError> {
+pub fn generate_key(path: &Path) -> Result<String, KeyError> {
     if path.exists() {
-        return Err(ModelError::Key {
+        return Err(KeyError {
             path: path.into(),
             message: "already exists; refusing to overwrite a key".into(),
         });
@@ -35,22 +62,22 @@ pub fn generate_key(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(key.verifying_key().to_bytes()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(ModelError::io(path))?;
-    f.write_all(bytes).map_err(ModelError::io(path))
+    let mut f = opts.open(path).map_err(key_error(path))?;
+    f.write_all(bytes).map_err(key_error(path))
 }
 
-pub fn load_signing_key(path: &Path) -> Result<SigningKey, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(ModelError::io(path))?;
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(key_error(path))?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ModelError::Key {
+        .ok_or_else(|| KeyError {
             path: path.into(),
             message: "expected 64 hex digits (an ed25519 secret key)".into(),
         })?;
@@ -61,8 +88,14 @@ pub fn public_key_hex(key: &SigningKey) -> String {
     hex::encode(key.verifying_key().to_bytes())
 }
 
-pub fn sign(key: &SigningKey, name: &str, sha256: &str, size: u64) -> ManifestSignature {
-    let sig = key.sign(&signed_message(name, sha256, size));
+pub fn sign(
+    key: &SigningKey,
+    kind: Artifact,
+    name: &str,
+    sha256: &str,
+    size: u64,
+) -> ManifestSignature {
+    let sig = key.sign(&signed_message(kind, name, sha256, size));
     ManifestSignature {
         public_key: public_key_hex(key),
         signature: hex::encode(sig.to_bytes()),
@@ -72,6 +105,7 @@ pub fn sign(key: &SigningKey, name: &str, sha256: &str, size: u64) -> ManifestSi
 /// Checks `sig` against the trusted keys. The error says which check failed.
 pub fn verify(
     sig: &ManifestSignature,
+    kind: Artifact,
     name: &str,
     sha256: &str,
     size: u64,
@@ -96,8 +130,11 @@ pub fn verify(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("signature is not 128 hex digits")?;
-    key.verify(&signed_message(name, sha256, size), &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| "signature does not match the manifest (name, sha256, size): the model or its manifest was altered after signing".to_string())
+    key.verify(
+        &signed_message(kind, name, sha256, size),
+        &Signature::from_bytes(&sig_bytes),
+    )
+    .map_err(|_| "signature does not match the manifest (name, sha256, size): the file or its manifest was altered after signing".to_string())
 }
 
 #[cfg(test)]
@@ -108,11 +145,15 @@ mod tests {
     fn signature_verifies_only_for_the_signed_identity_and_trusted_key() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let pk = public_key_hex(&key);
-        let sig = sign(&key, "m", &"a".repeat(64), 10);
-        assert!(verify(&sig, "m", &"a".repeat(64), 10, std::slice::from_ref(&pk)).is_ok());
-        let err = verify(&sig, "m", &"b".repeat(64), 10, std::slice::from_ref(&pk)).unwrap_err();
+        let m = Artifact::Model;
+        let sig = sign(&key, m, "m", &"a".repeat(64), 10);
+        assert!(verify(&sig, m, "m", &"a".repeat(64), 10, std::slice::from_ref(&pk)).is_ok());
+        let err = verify(&sig, m, "m", &"b".repeat(64), 10, std::slice::from_ref(&pk)).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
-        let err = verify(&sig, "m", &"a".repeat(64), 10, &["00".repeat(32)]).unwrap_err();
+        // A model's signature is not a component's.
+        let c = Artifact::Component;
+        assert!(verify(&sig, c, "m", &"a".repeat(64), 10, std::slice::from_ref(&pk)).is_err());
+        let err = verify(&sig, m, "m", &"a".repeat(64), 10, &["00".repeat(32)]).unwrap_err();
         assert!(err.contains("not among"), "{err}");
     }
 }

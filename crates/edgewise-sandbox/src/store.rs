@@ -1,0 +1,252 @@
+//! Installed components: `<data>/components/<name>/` holds `component.wasm`, `manifest.yaml`
+//! (description and grants) and, when signed, `signature.json`. Installing replaces a directory
+//! atomically, so a reader sees the old version or the new one, never half of each.
+
+use std::path::{Path, PathBuf};
+
+use edgewise_core::signing::{self, Artifact, ManifestSignature};
+use edgewise_core::ComponentManifest;
+use sha2::{Digest, Sha256};
+
+use crate::SandboxError;
+
+const WASM: &str = "component.wasm";
+const MANIFEST: &str = "manifest.yaml";
+const SIGNATURE: &str = "signature.json";
+
+pub struct ComponentStore {
+    dir: PathBuf,
+}
+
+/// One installed component.
+#[derive(Debug, Clone)]
+pub struct InstalledComponent {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub manifest: ComponentManifest,
+    pub sha256: String,
+    pub size: u64,
+    pub signature: Option<ManifestSignature>,
+}
+
+fn store_err(path: &Path, message: impl Into<String>) -> SandboxError {
+    SandboxError::Store {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Names become directory names and tool prefixes: keep them plain.
+pub fn check_name(name: &str) -> Result<(), SandboxError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(store_err(
+            Path::new(name),
+            "invalid component name: use letters, digits, '-' and '_' (at most 64)",
+        ))
+    }
+}
+
+/// The manifest next to a `.wasm` file: `NAME.component.yaml` for `NAME.wasm`; defaults if none.
+pub fn manifest_beside(wasm: &Path) -> Result<ComponentManifest, SandboxError> {
+    let path = wasm.with_extension("component.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            store_err(Path::new(&format!("{}{at}", path.display())), e.to_string())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ComponentManifest::default()),
+        Err(e) => Err(store_err(&path, e.to_string())),
+    }
+}
+
+impl ComponentStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Installs (or replaces) `name` from `wasm`, with `manifest`. The caller loads it first, so
+    /// nothing that cannot run is installed.
+    pub fn install(
+        &self,
+        name: &str,
+        wasm: &Path,
+        manifest: &ComponentManifest,
+    ) -> Result<InstalledComponent, SandboxError> {
+        check_name(name)?;
+        let bytes = std::fs::read(wasm).map_err(|e| store_err(wasm, e.to_string()))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| store_err(&self.dir, e.to_string()))?;
+        let staging = self.dir.join(format!(".{name}.new"));
+        let _ = std::fs::remove_dir_all(&staging);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&staging)?;
+            std::fs::write(staging.join(WASM), &bytes)?;
+            let yaml = serde_yaml::to_string(manifest).map_err(std::io::Error::other)?;
+            std::fs::write(staging.join(MANIFEST), yaml)?;
+            Ok(())
+        };
+        write().map_err(|e| store_err(&staging, e.to_string()))?;
+        let target = self.dir.join(name);
+        let old = self.dir.join(format!(".{name}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if target.exists() {
+            std::fs::rename(&target, &old).map_err(|e| store_err(&target, e.to_string()))?;
+        }
+        std::fs::rename(&staging, &target).map_err(|e| store_err(&target, e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        self.get(name)
+    }
+
+    pub fn get(&self, name: &str) -> Result<InstalledComponent, SandboxError> {
+        check_name(name)?;
+        let dir = self.dir.join(name);
+        let wasm = dir.join(WASM);
+        let bytes = std::fs::read(&wasm).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                store_err(
+                    &dir,
+                    format!("no component named '{name}' is installed (edgewise component list)"),
+                )
+            } else {
+                store_err(&wasm, e.to_string())
+            }
+        })?;
+        let manifest_path = dir.join(MANIFEST);
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(t) => {
+                serde_yaml::from_str(&t).map_err(|e| store_err(&manifest_path, e.to_string()))?
+            }
+            Err(_) => ComponentManifest::default(),
+        };
+        let sig_path = dir.join(SIGNATURE);
+        let signature = match std::fs::read_to_string(&sig_path) {
+            Ok(t) => {
+                Some(serde_json::from_str(&t).map_err(|e| store_err(&sig_path, e.to_string()))?)
+            }
+            Err(_) => None,
+        };
+        Ok(InstalledComponent {
+            name: name.to_owned(),
+            wasm,
+            manifest,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            signature,
+        })
+    }
+
+    /// Installed components by name.
+    pub fn list(&self) -> Result<Vec<InstalledComponent>, SandboxError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(store_err(&self.dir, e.to_string())),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join(WASM).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.get(n)).collect()
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), SandboxError> {
+        let c = self.get(name)?;
+        let dir = c.wasm.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::remove_dir_all(&dir).map_err(|e| store_err(&dir, e.to_string()))
+    }
+
+    pub fn sign(
+        &self,
+        name: &str,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<ManifestSignature, SandboxError> {
+        let c = self.get(name)?;
+        let sig = signing::sign(key, Artifact::Component, name, &c.sha256, c.size);
+        let path = self.dir.join(name).join(SIGNATURE);
+        let json =
+            serde_json::to_string_pretty(&sig).map_err(|e| store_err(&path, e.to_string()))?;
+        std::fs::write(&path, json).map_err(|e| store_err(&path, e.to_string()))?;
+        Ok(sig)
+    }
+
+    /// With trusted keys configured, only a component signed by one of them, whose bytes are
+    /// the ones signed, may load. The error says which check failed.
+    pub fn verify(&self, c: &InstalledComponent, trusted: &[String]) -> Result<(), SandboxError> {
+        if trusted.is_empty() {
+            return Ok(());
+        }
+        let Some(sig) = &c.signature else {
+            return Err(store_err(
+                &c.wasm,
+                format!("unsigned: the node requires signatures (trusted_keys is set); sign it with `edgewise component sign {} --key KEY`", c.name),
+            ));
+        };
+        signing::verify(
+            sig,
+            Artifact::Component,
+            &c.name,
+            &c.sha256,
+            c.size,
+            trusted,
+        )
+        .map_err(|reason| store_err(&c.wasm, format!("signature check failed: {reason}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_replace_sign_and_tamper() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ComponentStore::new(tmp.path().join("components"));
+        let src = tmp.path().join("x.wasm");
+        std::fs::write(&src, b"first").unwrap();
+        let m = ComponentManifest::default();
+        let c = store.install("x", &src, &m).unwrap();
+        assert_eq!(c.size, 5);
+        std::fs::write(&src, b"second").unwrap();
+        let c = store.install("x", &src, &m).unwrap();
+        assert_eq!(c.size, 6);
+        assert_eq!(store.list().unwrap().len(), 1);
+
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let pk = signing::public_key_hex(&key);
+        let trusted = vec![pk];
+        assert!(store
+            .verify(&c, &trusted)
+            .unwrap_err()
+            .to_string()
+            .contains("unsigned"));
+        store.sign("x", &key).unwrap();
+        store.verify(&store.get("x").unwrap(), &trusted).unwrap();
+        // One byte changed after signing.
+        std::fs::write(&c.wasm, b"secont").unwrap();
+        let err = store
+            .verify(&store.get("x").unwrap(), &trusted)
+            .unwrap_err();
+        assert!(err.to_string().contains("altered"), "{err}");
+
+        assert!(check_name("../etc").is_err());
+        store.remove("x").unwrap();
+        assert!(store.get("x").is_err());
+    }
+}
