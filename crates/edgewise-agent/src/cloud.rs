@@ -18,6 +18,17 @@ use edgewise_infer::grammar::{TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
 use edgewise_infer::{parse_tool_calls, ToolChoice};
 use serde_json::{json, Value};
 
+/// One step as the endpoint gets it: the conversation, the tools it may call, and sampling.
+pub struct CloudRequest<'a> {
+    pub messages: &'a [Value],
+    /// OpenAI `tools[]` entries.
+    pub tools: &'a [Value],
+    pub choice: &'a ToolChoice,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    pub seed: u32,
+}
+
 /// A step that did not come back from the endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -98,15 +109,7 @@ impl CloudModel {
     }
 
     /// One chat completion, through the breaker.
-    pub async fn step(
-        &self,
-        messages: &[Value],
-        tools: &[Value],
-        choice: &ToolChoice,
-        temperature: f32,
-        max_tokens: u32,
-        seed: u32,
-    ) -> Result<CloudCompletion, CloudError> {
+    pub async fn step(&self, req: &CloudRequest<'_>) -> Result<CloudCompletion, CloudError> {
         {
             let mut b = self.lock_breaker();
             if let Err(open) = b.allow(Instant::now()) {
@@ -117,9 +120,7 @@ impl CloudModel {
                 });
             }
         }
-        let result = self
-            .request(messages, tools, choice, temperature, max_tokens, seed)
-            .await;
+        let result = self.request(req).await;
         let mut b = self.lock_breaker();
         match &result {
             Ok(_) => b.record_success(),
@@ -136,26 +137,18 @@ impl CloudModel {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn request(
-        &self,
-        messages: &[Value],
-        tools: &[Value],
-        choice: &ToolChoice,
-        temperature: f32,
-        max_tokens: u32,
-        seed: u32,
-    ) -> Result<CloudCompletion, String> {
+    async fn request(&self, req: &CloudRequest<'_>) -> Result<CloudCompletion, String> {
         let mut body = json!({
             "model": self.endpoint.model,
-            "messages": openai_messages(messages),
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "seed": seed,
+            "messages": openai_messages(req.messages),
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+            "seed": req.seed,
             "stream": false,
         });
-        if !tools.is_empty() {
-            body["tools"] = Value::from(tools.to_vec());
-            body["tool_choice"] = match choice {
+        if !req.tools.is_empty() {
+            body["tools"] = Value::from(req.tools.to_vec());
+            body["tool_choice"] = match req.choice {
                 ToolChoice::None => json!("none"),
                 ToolChoice::Auto => json!("auto"),
                 ToolChoice::Required => json!("required"),
@@ -166,11 +159,11 @@ impl CloudModel {
             "{}/chat/completions",
             self.endpoint.url.trim_end_matches('/')
         );
-        let mut req = self.http.post(&url).json(&body);
+        let mut post = self.http.post(&url).json(&body);
         if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
+            post = post.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| describe_reqwest(&e))?;
+        let resp = post.send().await.map_err(|e| describe_reqwest(&e))?;
         let status = resp.status();
         let text = resp
             .text()

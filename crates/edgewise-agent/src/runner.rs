@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cloud::{CloudError, CloudModel};
+use crate::cloud::{CloudError, CloudModel, CloudRequest};
 use crate::runs::{RunRecord, RunStore};
 use crate::tools::{openai_tool, ToolContext, ToolError, ToolRegistry};
 use crate::AgentError;
@@ -645,8 +645,6 @@ impl Agent {
                     messages,
                     grammar_tools,
                     choice,
-                    temperature,
-                    max_tokens,
                     seed,
                     "no local model is loaded".into(),
                 )
@@ -705,46 +703,41 @@ impl Agent {
         if !offloadable {
             return Err(why);
         }
-        if !matches!(self.cloud, CloudAccess::Available(_)) {
-            return Err(format!("{why} ({})", self.cloud.why_not()));
-        }
-        tracing::warn!(reason = %why, "local model cannot take this step; offloading to the cloud");
-        self.offload(
-            messages,
-            grammar_tools,
-            choice,
-            temperature,
-            max_tokens,
-            seed,
-            why,
-        )
-        .await
+        self.offload(messages, grammar_tools, choice, seed, why)
+            .await
     }
 
-    /// The step on the cloud endpoint, retried up to `workflow_policy.max_retries` times with
-    /// backoff; an open breaker ends the retries at once.
-    #[allow(clippy::too_many_arguments)]
+    /// The step on the cloud endpoint (when the agent may use it), retried up to
+    /// `workflow_policy.max_retries` times with backoff; an open breaker ends the retries at once.
     async fn offload(
         &self,
         messages: &[Value],
         tools: &[edgewise_infer::ToolSpec],
         choice: &ToolChoice,
-        temperature: f32,
-        max_tokens: u32,
         seed: u32,
         reason: String,
     ) -> Result<Generated, String> {
         let CloudAccess::Available(cloud) = &self.cloud else {
             return Err(format!("{reason} ({})", self.cloud.why_not()));
         };
+        tracing::warn!(%reason, "local model cannot take this step; offloading to the cloud");
         let tools_json: Vec<Value> = tools.iter().map(openai_tool).collect();
+        let request = CloudRequest {
+            messages,
+            tools: &tools_json,
+            choice,
+            temperature: self.spec.model_config.temperature.unwrap_or(0.2),
+            max_tokens: self
+                .spec
+                .model_config
+                .max_tokens
+                .unwrap_or(DEFAULT_STEP_TOKENS),
+            seed,
+        };
         let attempts = self.spec.workflow_policy.max_retries + 1;
         let mut last = String::new();
         for attempt in 0..attempts {
-            match cloud
-                .step(messages, &tools_json, choice, temperature, max_tokens, seed)
-                .await
-            {
+            match cloud.step(&request).await {
                 Ok(c) => {
                     return Ok(Generated {
                         text: c.text,

@@ -102,11 +102,15 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    fn denied(&self, interface: HostInterface) -> String {
-        format!(
+    /// Ok when the grants allow `interface`; else the message the component gets.
+    fn require(&self, interface: HostInterface) -> Result<(), String> {
+        if self.grants.allows(interface) {
+            return Ok(());
+        }
+        Err(format!(
             "component '{}' is not granted the {interface} interface (grants.interfaces)",
             self.component
-        )
+        ))
     }
 }
 
@@ -242,10 +246,8 @@ impl inference::Host for HostState {
         messages: Vec<inference::Message>,
         options: inference::Options,
     ) -> wasmtime::Result<Result<String, inference::Error>> {
-        if !self.grants.allows(HostInterface::Inference) {
-            return Ok(Err(inference::Error::Denied(
-                self.denied(HostInterface::Inference),
-            )));
+        if let Err(why) = self.require(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(why)));
         }
         let options = match options_of(&options) {
             Ok(o) => o,
@@ -269,10 +271,8 @@ impl inference::Host for HostState {
         prompt: String,
         options: inference::Options,
     ) -> wasmtime::Result<Result<String, inference::Error>> {
-        if !self.grants.allows(HostInterface::Inference) {
-            return Ok(Err(inference::Error::Denied(
-                self.denied(HostInterface::Inference),
-            )));
+        if let Err(why) = self.require(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(why)));
         }
         let options = match options_of(&options) {
             Ok(o) => o,
@@ -285,10 +285,8 @@ impl inference::Host for HostState {
     }
 
     fn embed(&mut self, text: String) -> wasmtime::Result<Result<Vec<f32>, inference::Error>> {
-        if !self.grants.allows(HostInterface::Inference) {
-            return Ok(Err(inference::Error::Denied(
-                self.denied(HostInterface::Inference),
-            )));
+        if let Err(why) = self.require(HostInterface::Inference) {
+            return Ok(Err(inference::Error::Denied(why)));
         }
         Ok(self.services.embed(&text).map_err(inference::Error::Failed))
     }
@@ -300,10 +298,8 @@ impl tools::Host for HostState {
         name: String,
         args_json: String,
     ) -> wasmtime::Result<Result<String, types::ToolError>> {
-        if !self.grants.allows(HostInterface::Tools) {
-            return Ok(Err(types::ToolError::Denied(
-                self.denied(HostInterface::Tools),
-            )));
+        if let Err(why) = self.require(HostInterface::Tools) {
+            return Ok(Err(types::ToolError::Denied(why)));
         }
         Ok(self
             .services
@@ -318,10 +314,8 @@ impl events::Host for HostState {
         topic: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), events::Error>> {
-        if !self.grants.allows(HostInterface::Events) {
-            return Ok(Err(events::Error::Denied(
-                self.denied(HostInterface::Events),
-            )));
+        if let Err(why) = self.require(HostInterface::Events) {
+            return Ok(Err(events::Error::Denied(why)));
         }
         if !self.grants.topics.iter().any(|t| *t == topic) {
             return Ok(Err(events::Error::Denied(format!(
