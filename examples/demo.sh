@@ -4,11 +4,13 @@
 #  2. the factory-floor monitor (examples/factory-monitor/agent-config.yaml, the seed spec as is):
 #     a sensor simulator on /tmp/sensors.sock, a Mosquitto broker, the agent reads the zone
 #     pressures, decides, publishes an alert; the demo prints the alert as a subscriber got it;
-#  3. the OpenAI-compatible server answering a tool-call request.
+#  3. the OpenAI-compatible server answering a tool-call request;
+#  4. a Wasm agent component (sensor-handler) classifying a factory reading under that server.
 set -euo pipefail
 BIN=${1:-target/release/edgewise}
 PORT=${EDGEWISE_DEMO_PORT:-18765}
 HERE=$(cd "$(dirname "$0")" && pwd)
+COMPONENTS=${EDGEWISE_COMPONENTS:-target/components/wasm32-wasip2/release}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -54,6 +56,26 @@ curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: applicat
              "parameters": {"type": "object", "properties": {"zone": {"type": "integer"}}, "required": ["zone"]}}}]
 }'
 echo
+echo "== factory monitor, Wasm agent component: sensor-handler classifies the zone4 reading"
+# components/sensor-handler runs in the sandbox with the grants of its manifest (model, its KV
+# bucket, logging; nothing else). Installing it while the node serves swaps it in live.
+cp "$COMPONENTS/sensor_handler.wasm" "$WORK/sensor_handler.wasm"
+cp "$HERE/factory-monitor/sensor_handler.component.yaml" "$WORK/"
+"$BIN" component add "$WORK/sensor_handler.wasm" --name sensor-handler
+READING=$(python3 - <<'PY'
+import json, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("/tmp/sensors.sock")
+s.sendall(b'{"zone": "zone4"}\n')
+r = json.loads(s.makefile().readline())
+r["sensor"] = r.pop("zone")
+print(json.dumps({"source": "factory-floor", "payload": r}))
+PY
+)
+echo "event: $READING"
+curl -sf "http://127.0.0.1:$PORT/v1/components/sensor-handler/events" -H 'content-type: application/json' -d "$READING"
+echo
+
 echo "== metrics"
 curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^edgewise_(completion_tokens_total|prefix_cache_hit_ratio)'
 echo "demo finished"

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgewise_core::{AgentSpec, DataDir, NodeConfig};
-use edgewise_infer::Engine;
+use edgewise_infer::{Engine, LazyEmbedder};
 use edgewise_store::{AuditLog, AuditRecord, Kv};
 
 use crate::cloud::CloudModel;
+use crate::components::ComponentRegistry;
 use crate::runner::CloudAccess;
 use crate::runs::{RunRecord, RunStore};
-use crate::tools::wasm::SandboxSlot;
+use crate::tools::wasm::{ComponentToolAccess, NodeServices};
 use crate::tools::{ToolContext, ToolRegistry};
 use crate::{Agent, AgentError};
 
@@ -24,8 +25,10 @@ pub struct AgentHost {
     /// configured one cannot be used, so only agents that would use it fail.
     cloud: Result<Option<Arc<CloudModel>>, String>,
     data: DataDir,
-    /// One Wasm sandbox for all the node's agents.
-    sandbox: SandboxSlot,
+    /// One Wasm sandbox and set of loaded components for all the node's agents.
+    pub components: Arc<ComponentRegistry>,
+    /// The node's embedding model, if it has one (components' `inference.embed`).
+    pub embedder: Option<Arc<LazyEmbedder>>,
 }
 
 impl AgentHost {
@@ -35,13 +38,15 @@ impl AgentHost {
         let kv = Arc::new(Kv::open(&data.state_db())?);
         let audit = Arc::new(AuditLog::open(&data.audit_log())?);
         let cloud = CloudModel::from_config(&config).map(|c| c.map(Arc::new));
+        let components = Arc::new(ComponentRegistry::new(data, config.trusted_keys.clone()));
         let host = Self {
             kv,
             audit,
             config,
             cloud,
             data: data.clone(),
-            sandbox: SandboxSlot::default(),
+            components,
+            embedder: None,
         };
         for r in host.runs().mark_interrupted()? {
             tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
@@ -82,7 +87,8 @@ impl AgentHost {
             spec_dir.to_path_buf(),
             &self.data,
         );
-        ctx.sandbox = self.sandbox.clone();
+        ctx.components = self.components.clone();
+        ctx.embedder = self.embedder.clone();
         let tools = ToolRegistry::from_spec(spec, &ctx).await?;
         Ok((tools, ctx))
     }
@@ -122,6 +128,13 @@ impl AgentHost {
         engine: Option<Arc<Engine>>,
         cloud: CloudAccess,
     ) -> Agent {
+        // Components granted `tools` call the agent's other tools.
+        let _ = ctx.tools.0.set(ComponentToolAccess {
+            tools: tools.without_components(),
+            audit: self.audit.clone(),
+            node: self.config.node_name(),
+            agent: spec.agent_id.clone(),
+        });
         Agent::new(
             spec,
             tools,
@@ -131,6 +144,26 @@ impl AgentHost {
             self.audit.clone(),
             self.config.node_name(),
         )
+    }
+
+    /// The node's services for components called directly (the components API, `component
+    /// call`): the node's model and embedder, KV, MQTT on the local network only, no agent tools.
+    /// Call on a Tokio runtime.
+    pub fn direct_services(&self, engine: Option<Arc<Engine>>) -> NodeServices {
+        let mut ctx = ToolContext::new(
+            "components",
+            self.kv.clone(),
+            self.config.clone(),
+            false,
+            self.data.root().to_path_buf(),
+            &self.data,
+        );
+        ctx.components = self.components.clone();
+        ctx.embedder = self.embedder.clone();
+        if let Some(e) = engine {
+            let _ = ctx.engine.0.set(e);
+        }
+        NodeServices::new(&ctx)
     }
 
     fn cloud_access(&self, spec: &AgentSpec) -> CloudAccess {

@@ -9,6 +9,7 @@
 //!   never gets the cloud fallback, whatever its URL.
 
 pub mod cloud;
+pub mod components;
 pub mod egress;
 mod error;
 pub mod eval;

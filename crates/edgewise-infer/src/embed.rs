@@ -1,7 +1,8 @@
 //! Sentence embeddings with a BERT model (all-MiniLM-L6-v2) on candle: mean pooling over the
 //! attention mask, then L2 normalisation, as sentence-transformers does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -12,6 +13,35 @@ use crate::InferError;
 
 const BATCH: usize = 32;
 const MAX_TOKENS: usize = 256;
+
+/// The node's embedding model, loaded on first use (seconds) and shared by the API, agents and
+/// components. A failed load is retried on the next use.
+pub struct LazyEmbedder {
+    pub name: String,
+    dir: PathBuf,
+    loaded: Mutex<Option<Arc<Embedder>>>,
+}
+
+impl LazyEmbedder {
+    pub fn new(name: String, dir: PathBuf) -> Self {
+        Self {
+            name,
+            dir,
+            loaded: Mutex::new(None),
+        }
+    }
+
+    /// Blocks while the model loads (callers on an async runtime: `spawn_blocking`).
+    pub fn get(&self) -> Result<Arc<Embedder>, InferError> {
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &*slot {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Embedder::load(&self.dir)?);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+}
 
 pub struct Embedder {
     model: BertModel,

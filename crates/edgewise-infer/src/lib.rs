@@ -17,7 +17,7 @@ pub mod template;
 mod text_stream;
 
 pub use bench::BenchReport;
-pub use embed::Embedder;
+pub use embed::{Embedder, LazyEmbedder};
 pub use engine::{Engine, EngineConfig, EngineStats, ModelInfo, StatsSnapshot};
 pub use error::InferError;
 pub use grammar::{parse_tool_calls, tool_call_grammar, ToolCall, ToolChoice, ToolSpec};

@@ -330,6 +330,16 @@ pub struct LoadedComponent {
     breaker: Mutex<CircuitBreaker>,
 }
 
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One tool of a component.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ToolInfo {

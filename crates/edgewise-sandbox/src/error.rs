@@ -53,6 +53,8 @@ pub enum SandboxError {
         tool: String,
         message: String,
     },
+    #[error("no component named '{name}' is installed (edgewise component list)")]
+    NotInstalled { name: String },
     #[error("component store {path}: {message}")]
     Store { path: PathBuf, message: String },
     #[error("wasm engine: {0}")]

@@ -1,6 +1,7 @@
 //! Installed components: `<data>/components/<name>/` holds `component.wasm`, `manifest.yaml`
-//! (description and grants) and, when signed, `signature.json`. Installing replaces a directory
-//! atomically, so a reader sees the old version or the new one, never half of each.
+//! (description and grants) and, when signed, `signature.json`. `<name>` is a link to a version
+//! directory under `.versions/`; installing writes a new version and switches the link in one
+//! rename, so a reader sees the old version or the new one, never half of each (hot swap).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,39 @@ use crate::SandboxError;
 const WASM: &str = "component.wasm";
 const MANIFEST: &str = "manifest.yaml";
 const SIGNATURE: &str = "signature.json";
+/// Where the versions of each component live; `<name>` is a link to the current one.
+const VERSIONS: &str = ".versions";
+
+/// Makes `link` point at `version` in one step (a new link renamed over the old one), so a
+/// reader finds the old version or the new one, never none.
+#[cfg(unix)]
+fn point_at(link: &Path, version: PathBuf) -> std::io::Result<()> {
+    let tmp = link.with_file_name(format!(
+        ".{}.link",
+        link.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp)?;
+    if link.is_dir() && !link.is_symlink() {
+        // A component installed before versions existed: a plain directory cannot be renamed
+        // over, so it goes first (once).
+        std::fs::remove_dir_all(link)?;
+    }
+    std::fs::rename(&tmp, link)
+}
+
+/// Without symlinks: the version directory is copied into place (a brief window without one).
+#[cfg(not(unix))]
+fn point_at(link: &Path, version: PathBuf) -> std::io::Result<()> {
+    let from = link.parent().unwrap_or(Path::new(".")).join(&version);
+    let _ = std::fs::remove_dir_all(link);
+    std::fs::create_dir_all(link)?;
+    for e in std::fs::read_dir(&from)? {
+        let e = e?;
+        std::fs::copy(e.path(), link.join(e.file_name()))?;
+    }
+    Ok(())
+}
 
 pub struct ComponentStore {
     dir: PathBuf,
@@ -79,35 +113,54 @@ impl ComponentStore {
         &self.dir
     }
 
-    /// Installs (or replaces) `name` from `wasm`, with `manifest`. The caller loads it first, so
-    /// nothing that cannot run is installed.
+    /// Installs (or replaces) `name` from `wasm`, with `manifest` and, if given, a signature
+    /// (kept only with the bytes it was made for: a replaced component is unsigned until signed
+    /// again). The caller loads it first, so nothing that cannot run is installed.
     pub fn install(
         &self,
         name: &str,
         wasm: &Path,
         manifest: &ComponentManifest,
+        signature: Option<&ManifestSignature>,
     ) -> Result<InstalledComponent, SandboxError> {
         check_name(name)?;
         let bytes = std::fs::read(wasm).map_err(|e| store_err(wasm, e.to_string()))?;
         std::fs::create_dir_all(&self.dir).map_err(|e| store_err(&self.dir, e.to_string()))?;
-        let staging = self.dir.join(format!(".{name}.new"));
-        let _ = std::fs::remove_dir_all(&staging);
+        // Each install is a version directory of its own; `<name>` points at the current one.
+        let versions = self.dir.join(VERSIONS).join(name);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let version = format!("{}-{nanos}", &hex::encode(Sha256::digest(&bytes))[..12]);
+        let staging = versions.join(&version);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&staging)?;
             std::fs::write(staging.join(WASM), &bytes)?;
             let yaml = serde_yaml::to_string(manifest).map_err(std::io::Error::other)?;
             std::fs::write(staging.join(MANIFEST), yaml)?;
+            if let Some(sig) = signature {
+                let json = serde_json::to_string_pretty(sig).map_err(std::io::Error::other)?;
+                std::fs::write(staging.join(SIGNATURE), json)?;
+            }
             Ok(())
         };
         write().map_err(|e| store_err(&staging, e.to_string()))?;
         let target = self.dir.join(name);
-        let old = self.dir.join(format!(".{name}.old"));
-        let _ = std::fs::remove_dir_all(&old);
-        if target.exists() {
-            std::fs::rename(&target, &old).map_err(|e| store_err(&target, e.to_string()))?;
+        let previous = std::fs::read_link(&target).ok();
+        point_at(&target, Path::new(VERSIONS).join(name).join(&version))
+            .map_err(|e| store_err(&target, e.to_string()))?;
+        // The previous version stays until the next install: a reader that looked it up just
+        // before the switch can still read it.
+        let previous = previous.and_then(|p| p.file_name().map(|f| f.to_owned()));
+        if let Ok(entries) = std::fs::read_dir(&versions) {
+            for e in entries.flatten() {
+                let f = e.file_name();
+                if f != *version && Some(&f) != previous.as_ref() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
-        std::fs::rename(&staging, &target).map_err(|e| store_err(&target, e.to_string()))?;
-        let _ = std::fs::remove_dir_all(&old);
         self.get(name)
     }
 
@@ -117,10 +170,9 @@ impl ComponentStore {
         let wasm = dir.join(WASM);
         let bytes = std::fs::read(&wasm).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                store_err(
-                    &dir,
-                    format!("no component named '{name}' is installed (edgewise component list)"),
-                )
+                SandboxError::NotInstalled {
+                    name: name.to_owned(),
+                }
             } else {
                 store_err(&wasm, e.to_string())
             }
@@ -167,9 +219,16 @@ impl ComponentStore {
     }
 
     pub fn remove(&self, name: &str) -> Result<(), SandboxError> {
-        let c = self.get(name)?;
-        let dir = c.wasm.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::remove_dir_all(&dir).map_err(|e| store_err(&dir, e.to_string()))
+        self.get(name)?;
+        let target = self.dir.join(name);
+        let removed = if target.is_symlink() {
+            std::fs::remove_file(&target)
+        } else {
+            std::fs::remove_dir_all(&target)
+        };
+        removed.map_err(|e| store_err(&target, e.to_string()))?;
+        let _ = std::fs::remove_dir_all(self.dir.join(VERSIONS).join(name));
+        Ok(())
     }
 
     pub fn sign(
@@ -215,16 +274,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replacing_keeps_the_current_and_the_previous_version_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("components");
+        // A component installed before versions existed: a plain directory.
+        std::fs::create_dir_all(dir.join("x")).unwrap();
+        std::fs::write(dir.join("x").join(WASM), b"legacy").unwrap();
+        let store = ComponentStore::new(&dir);
+        assert_eq!(store.get("x").unwrap().size, 6);
+        let src = tmp.path().join("x.wasm");
+        let m = ComponentManifest::default();
+        for body in ["one", "two!", "three"] {
+            std::fs::write(&src, body).unwrap();
+            let c = store.install("x", &src, &m, None).unwrap();
+            assert_eq!(c.size, body.len() as u64);
+        }
+        let versions = std::fs::read_dir(dir.join(VERSIONS).join("x"))
+            .unwrap()
+            .count();
+        assert_eq!(versions, 2);
+        assert_eq!(store.list().unwrap().len(), 1);
+        store.remove("x").unwrap();
+        assert!(!dir.join(VERSIONS).join("x").exists());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
     fn install_replace_sign_and_tamper() {
         let tmp = tempfile::tempdir().unwrap();
         let store = ComponentStore::new(tmp.path().join("components"));
         let src = tmp.path().join("x.wasm");
         std::fs::write(&src, b"first").unwrap();
         let m = ComponentManifest::default();
-        let c = store.install("x", &src, &m).unwrap();
+        let c = store.install("x", &src, &m, None).unwrap();
         assert_eq!(c.size, 5);
         std::fs::write(&src, b"second").unwrap();
-        let c = store.install("x", &src, &m).unwrap();
+        let c = store.install("x", &src, &m, None).unwrap();
         assert_eq!(c.size, 6);
         assert_eq!(store.list().unwrap().len(), 1);
 

@@ -11,13 +11,7 @@ use edgewise_core::{FileGrant, Grants};
 use edgewise_sandbox::{LoadedComponent, NoServices, Sandbox, SandboxConfig, SandboxError};
 
 fn wasm(name: &str) -> PathBuf {
-    let dir = std::env::var_os("EDGEWISE_COMPONENTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../components/target/wasm32-wasip2/release")
-        });
-    let path = dir.join(format!("{name}.wasm"));
+    let path = edgewise_sandbox::built_guest(name);
     assert!(
         path.exists(),
         "{} is missing: run `make components`",

@@ -39,6 +39,9 @@ pub struct AgentHub {
     default_base_dir: PathBuf,
     agents: RwLock<BTreeMap<String, Arc<Registered>>>,
     active: Mutex<HashMap<String, Active>>,
+    /// What components called through the components API reach: the node's model, KV and
+    /// embedder (no agent's tools).
+    pub(crate) component_services: Arc<dyn edgewise_sandbox::HostServices>,
 }
 
 struct Registered {
@@ -68,6 +71,10 @@ struct StoredSpec {
 }
 
 impl AgentHub {
+    pub(crate) fn components(&self) -> &Arc<edgewise_agent::components::ComponentRegistry> {
+        &self.host.components
+    }
+
     /// Re-registers the specs stored by earlier runs of the node (and starts their triggers); one
     /// that no longer loads is skipped with a warning (it stays stored, so fixing the node config
     /// brings it back).
@@ -77,7 +84,9 @@ impl AgentHub {
         catalog: Vec<String>,
         default_base_dir: PathBuf,
     ) -> Result<Arc<Self>, edgewise_agent::AgentError> {
+        let component_services = Arc::new(host.direct_services(Some(engine.clone())));
         let hub = Arc::new(Self {
+            component_services,
             host,
             engine,
             catalog,
@@ -118,7 +127,10 @@ impl AgentHub {
                 .resolve(spec.workflow_policy.egress_allowed)
                 .await
                 .map_err(|e| {
-                    unprocessable(format!("trigger '{}' ({}): {e}", t.capability, t.broker))
+                    ApiError::unprocessable(format!(
+                        "trigger '{}' ({}): {e}",
+                        t.capability, t.broker
+                    ))
                 })?;
             resolved.push((t, addr));
         }
@@ -199,14 +211,14 @@ impl AgentHub {
 
     async fn build(&self, source: &str, base_dir: PathBuf) -> Result<Registered, ApiError> {
         let spec = AgentSpec::parse(source, std::path::Path::new("spec"))
-            .map_err(|e| unprocessable(e.to_string()))?;
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         let choice = choose_model(&spec, &self.host.config, None, |n| {
             self.catalog.iter().any(|c| c == n)
         })
-        .map_err(unprocessable)?;
+        .map_err(ApiError::unprocessable)?;
         let served = &self.engine.info().name;
         if &choice.model != served {
-            return Err(unprocessable(format!(
+            return Err(ApiError::unprocessable(format!(
                 "agent '{}' needs model '{}', but this node serves '{served}' (start the node with `edgewise serve --model {}`)",
                 spec.agent_id, choice.model, choice.model
             )));
@@ -215,7 +227,7 @@ impl AgentHub {
             .host
             .tools(&spec, &base_dir)
             .await
-            .map_err(|e| unprocessable(e.to_string()))?;
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         Ok(Registered {
             agent: self.host.agent(spec, tools, self.engine.clone()),
             source: source.to_owned(),
@@ -226,10 +238,9 @@ impl AgentHub {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Registered>, ApiError> {
-        self.read_agents()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found(format!("no agent '{id}' is registered on this node")))
+        self.read_agents().get(id).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("no agent '{id}' is registered on this node"))
+        })
     }
 
     /// Cancels every run in flight (node shutdown) and waits up to `grace` for them to record it.
@@ -244,25 +255,11 @@ impl AgentHub {
     }
 }
 
-fn hub(state: &AppState) -> Result<&Arc<AgentHub>, ApiError> {
+pub(crate) fn hub(state: &AppState) -> Result<&Arc<AgentHub>, ApiError> {
     state.agents.as_ref().ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         ..ApiError::bad_request("this node runs without agents (started with --no-agents)")
     })
-}
-
-fn not_found(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        ..ApiError::bad_request(message)
-    }
-}
-
-fn unprocessable(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        ..ApiError::bad_request(message)
-    }
 }
 
 fn summary(r: &Registered) -> Value {
@@ -362,7 +359,7 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let hub = hub(&state)?;
     let Some(registered) = hub.write_agents().remove(&id) else {
-        return Err(not_found(format!(
+        return Err(ApiError::not_found(format!(
             "no agent '{id}' is registered on this node"
         )));
     };
@@ -478,7 +475,9 @@ pub async fn get_run(
     let hub = hub(&state)?;
     match hub.host.runs().get(&id, &run) {
         Ok(Some(r)) => Ok(Json(json!(r))),
-        Ok(None) => Err(not_found(format!("agent '{id}' has no run '{run}'"))),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "agent '{id}' has no run '{run}'"
+        ))),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }
@@ -499,7 +498,9 @@ pub async fn delete_run(
     }
     match hub.host.runs().delete(&id, &run) {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(false) => Err(not_found(format!("agent '{id}' has no run '{run}'"))),
+        Ok(false) => Err(ApiError::not_found(format!(
+            "agent '{id}' has no run '{run}'"
+        ))),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }

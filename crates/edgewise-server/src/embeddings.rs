@@ -1,13 +1,9 @@
 //! `/v1/embeddings`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
-use edgewise_infer::Embedder;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -17,36 +13,6 @@ use crate::AppState;
 
 /// Inputs per request; larger batches should be split by the client.
 const MAX_INPUTS: usize = 2048;
-
-/// The embedding model, loaded once on first use.
-pub struct LazyEmbedder {
-    pub name: String,
-    dir: PathBuf,
-    loaded: tokio::sync::OnceCell<Arc<Embedder>>,
-}
-
-impl LazyEmbedder {
-    pub fn new(name: String, dir: PathBuf) -> Self {
-        Self {
-            name,
-            dir,
-            loaded: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    async fn get(&self) -> Result<Arc<Embedder>, ApiError> {
-        self.loaded
-            .get_or_try_init(|| async {
-                let dir = self.dir.clone();
-                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir))
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))??;
-                Ok::<_, ApiError>(Arc::new(e))
-            })
-            .await
-            .cloned()
-    }
-}
 
 #[derive(Deserialize)]
 struct EmbeddingsBody {
@@ -96,8 +62,8 @@ pub async fn embeddings(
             .param("encoding_format"))
         }
     };
-    let embedder = lazy.get().await?;
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed_counting(&texts))
+    let lazy = lazy.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || lazy.get()?.embed_counting(&texts))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let data: Vec<Value> = vectors

@@ -6,6 +6,7 @@
 
 mod agents;
 pub mod broker;
+mod components;
 mod embeddings;
 mod error;
 mod metrics;
@@ -19,9 +20,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::path::PathBuf;
 
-use edgewise_infer::Engine;
+use edgewise_infer::{Engine, LazyEmbedder};
 use serde_json::json;
 
 pub use agents::AgentHub;
@@ -38,7 +38,7 @@ pub struct AppState {
 /// Shared by all handlers behind one `Arc`.
 pub struct Inner {
     pub(crate) engine: Arc<Engine>,
-    pub(crate) embedder: Option<embeddings::LazyEmbedder>,
+    pub(crate) embedder: Option<Arc<LazyEmbedder>>,
     pub(crate) api_key: Option<String>,
     pub(crate) metrics: metrics::HttpMetrics,
 }
@@ -54,14 +54,14 @@ impl AppState {
     /// `context_per_request` is also the default `max_tokens`: generation stops at the context limit.
     pub fn new(
         engine: Arc<Engine>,
-        embedder: Option<(String, PathBuf)>,
+        embedder: Option<Arc<LazyEmbedder>>,
         api_key: Option<String>,
         context_per_request: u32,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                embedder: embedder.map(|(name, dir)| embeddings::LazyEmbedder::new(name, dir)),
+                embedder,
                 api_key: api_key.filter(|k| !k.is_empty()),
                 metrics: metrics::HttpMetrics::default(),
             }),
@@ -108,6 +108,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/agents/{id}/runs/{run}",
             get(agents::get_run).delete(agents::delete_run),
+        )
+        .route("/v1/components", get(components::list))
+        .route(
+            "/v1/components/{name}",
+            get(components::show)
+                .put(components::put)
+                .layer(DefaultBodyLimit::max(64 << 20))
+                .delete(components::remove),
+        )
+        .route(
+            "/v1/components/{name}/tools/{tool}",
+            post(components::call_tool),
+        )
+        .route(
+            "/v1/components/{name}/events",
+            post(components::handle_event),
         )
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(

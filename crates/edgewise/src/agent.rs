@@ -56,8 +56,18 @@ pub enum AuditCommand {
 }
 
 /// The node's agent services; marks runs a dead process left `running` as interrupted.
+/// The node's agent services; components may embed with the node's embedding model when it is
+/// pulled (it loads on first use).
 pub fn open_host(node: &Node) -> Result<AgentHost> {
-    Ok(AgentHost::open(&node.data, node.config.clone())?)
+    let mut host = AgentHost::open(&node.data, node.config.clone())?;
+    let name = &node.config.embedding_model;
+    if let Ok(m) = node.store.open_for_load(name, &node.config.trusted_keys) {
+        host.embedder = Some(Arc::new(edgewise_infer::LazyEmbedder::new(
+            name.clone(),
+            m.path,
+        )));
+    }
+    Ok(host)
 }
 
 pub fn run(node: &Node, cmd: AgentCommand) -> Result<()> {

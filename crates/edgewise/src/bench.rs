@@ -43,6 +43,9 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// A 10-step agent run with and without KV reuse between steps.
     Agent(crate::bench_agent::AgentBenchArgs),
+    /// Wasm component call latency (p50/p99 of instantiate + invoke of calc) against spawning a
+    /// native process per call.
+    Wasm(crate::bench_wasm::WasmBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -110,8 +113,10 @@ fn ttft(engine: &Engine, prompt: String) -> Result<(f64, u32)> {
 }
 
 pub fn run(node: &Node, a: BenchArgs) -> Result<()> {
-    if let Some(BenchWhat::Agent(args)) = a.what {
-        return crate::bench_agent::run(node, args);
+    match a.what {
+        Some(BenchWhat::Agent(args)) => return crate::bench_agent::run(node, args),
+        Some(BenchWhat::Wasm(args)) => return crate::bench_wasm::run(node, args),
+        None => {}
     }
     if a.pp == 0 && a.tg == 0 {
         bail!("nothing to measure: --pp and --tg are both 0");

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use edgewise_agent::tools::wasm::NodeServices;
-use edgewise_agent::tools::ToolContext;
-use edgewise_sandbox::store::{check_name, manifest_beside, ComponentStore, InstalledComponent};
-use edgewise_sandbox::{LoadedComponent, Sandbox, SandboxConfig};
+use edgewise_agent::components::{ComponentRegistry, ComponentSource};
+use edgewise_sandbox::store::{check_name, manifest_beside, InstalledComponent};
+use edgewise_sandbox::LoadedComponent;
 
 use crate::node::Node;
 
@@ -46,34 +45,19 @@ pub enum ComponentCommand {
     },
 }
 
-fn sandbox(node: &Node) -> Result<Sandbox> {
-    Ok(Sandbox::new(SandboxConfig {
-        cache_dir: Some(node.data.wasm_cache()),
-        max_instances: 4,
-        ..SandboxConfig::default()
-    })?)
-}
-
 /// Loads an installed component after checking its signature (when the node requires one).
 fn load_installed(
-    node: &Node,
-    store: &ComponentStore,
+    registry: &ComponentRegistry,
     name: &str,
-) -> Result<(InstalledComponent, LoadedComponent)> {
-    let c = store.get(name)?;
-    store.verify(&c, &node.config.trusted_keys)?;
-    let loaded = sandbox(node)?.load(
-        name,
-        &c.wasm,
-        c.manifest.grants.clone(),
-        None,
-        &edgewise_agent::egress::is_local,
-    )?;
+) -> Result<(InstalledComponent, Arc<LoadedComponent>)> {
+    let c = registry.store().get(name)?;
+    let loaded = registry.current(&ComponentSource::installed(name))?;
     Ok((c, loaded))
 }
 
 pub fn run(node: &Node, cmd: ComponentCommand) -> Result<()> {
-    let store = ComponentStore::new(node.data.components());
+    let registry = ComponentRegistry::new(&node.data, node.config.trusted_keys.clone());
+    let store = registry.store();
     match cmd {
         ComponentCommand::Add { path, name } => {
             let name = match name {
@@ -85,14 +69,8 @@ pub fn run(node: &Node, cmd: ComponentCommand) -> Result<()> {
             };
             check_name(&name)?;
             let manifest = manifest_beside(&path)?;
-            let loaded = sandbox(node)?.load(
-                &name,
-                &path,
-                manifest.grants.clone(),
-                None,
-                &edgewise_agent::egress::is_local,
-            )?;
-            let c = store.install(&name, &path, &manifest)?;
+            // Installed locally by whoever runs the node: a signature may follow (`sign`).
+            let (c, loaded) = registry.install(&name, &path, &manifest, None)?;
             println!(
                 "installed {name} ({} component, {} bytes, sha256 {})",
                 loaded.kind, c.size, c.sha256
@@ -122,7 +100,7 @@ pub fn run(node: &Node, cmd: ComponentCommand) -> Result<()> {
             }
         }
         ComponentCommand::Inspect { name } => {
-            let (c, loaded) = load_installed(node, &store, &name)?;
+            let (c, loaded) = load_installed(&registry, &name)?;
             println!(
                 "name: {}\nkind: {}\nsha256: {}\nsize: {}",
                 c.name, loaded.kind, c.sha256, c.size
@@ -148,7 +126,7 @@ pub fn run(node: &Node, cmd: ComponentCommand) -> Result<()> {
             }
         }
         ComponentCommand::Rm { name } => {
-            store.remove(&name)?;
+            registry.remove(&name)?;
             println!("removed {name}");
         }
         ComponentCommand::Call { name, tool, args } => {
@@ -157,21 +135,14 @@ pub fn run(node: &Node, cmd: ComponentCommand) -> Result<()> {
             if !parsed.is_object() {
                 bail!("ARGS must be a JSON object, got: {args}");
             }
-            let (_, loaded) = load_installed(node, &store, &name)?;
+            let (_, loaded) = load_installed(&registry, &name)?;
             let host = crate::agent::open_host(node)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let _guard = rt.enter();
-            let ctx = ToolContext::new(
-                &format!("component:{name}"),
-                host.kv.clone(),
-                node.config.clone(),
-                false,
-                std::env::current_dir().unwrap_or_default(),
-                &node.data,
-            );
-            let services = Arc::new(NodeServices::new(&ctx));
+            // No model is loaded for a one-off call: components granted inference are told so.
+            let services = Arc::new(host.direct_services(None));
             let out = loaded.invoke(&tool, &parsed.to_string(), services)?;
             println!("{out}");
         }

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_agent;
+mod bench_wasm;
 mod chat;
 mod component;
 mod eval;
@@ -80,7 +81,7 @@ enum Command {
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Measure prompt processing, generation, parallel and prefix-cache throughput; `bench agent`
-    /// measures a multi-step agent run with and without KV reuse.
+    /// measures a multi-step agent run with and without KV reuse, `bench wasm` a component call.
     Bench(bench::BenchArgs),
 }
 
@@ -149,8 +150,16 @@ fn serve(
         let name = &node.config.embedding_model;
         node.ensure_model(name)?;
         let resolved = node.store.open_for_load(name, &node.config.trusted_keys)?;
-        Some((name.clone(), resolved.path))
+        Some(Arc::new(edgewise_infer::LazyEmbedder::new(
+            name.clone(),
+            resolved.path,
+        )))
     };
+    // Components granted inference embed with the same model.
+    let host = host.map(|mut h| {
+        h.embedder = embedder.clone();
+        h
+    });
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
     let mut state = edgewise_server::AppState::new(
         engine.clone(),

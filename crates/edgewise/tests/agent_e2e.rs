@@ -6,14 +6,14 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, http, http_with, text};
+use support::{connect, edgewise, free_port, home, http, http_with, text, Guard, Serve};
 
 use serde_json::Value;
 
@@ -24,45 +24,6 @@ const TASK: &str = "Check the zone pressures with local_sensor_read. For each zo
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh data dir whose models/ is the pulled models (`make models`), so state and audit log
-/// start empty for each test.
-fn home() -> tempfile::TempDir {
-    let models = PathBuf::from(
-        std::env::var_os("EDGEWISE_HOME").expect("EDGEWISE_HOME must point at the pulled models"),
-    )
-    .join("models");
-    assert!(
-        models.join("qwen2.5-coder-0.5b-instruct").exists(),
-        "run `make models` first"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&models, dir.path().join("models")).unwrap();
-    dir
-}
-
-fn edgewise(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgewise"));
-    c.env("EDGEWISE_HOME", home).env_remove("EDGEWISE_CONFIG");
-    c
-}
-
-/// Kills the process on drop.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
@@ -252,40 +213,6 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
         stderr.contains(&format!("broken at record {record} ")),
         "expected record {record} to be named: {stderr}"
     );
-}
-
-/// A running `edgewise serve` on a free loopback port.
-struct Serve {
-    guard: Guard,
-    port: u16,
-}
-
-impl Serve {
-    fn start(home: &Path, config: &Path) -> Serve {
-        let port = free_port();
-        let child = edgewise(home)
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--no-embeddings", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn edgewise serve");
-        let guard = Guard(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while http(port, "GET", "/health", "").0 != 200 {
-            assert!(Instant::now() < deadline, "edgewise serve did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Serve { guard, port }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill_9(mut self) {
-        self.guard.0.kill().unwrap();
-        self.guard.0.wait().unwrap();
-    }
 }
 
 fn json_of(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {

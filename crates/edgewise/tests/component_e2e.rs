@@ -4,20 +4,15 @@
 
 mod support;
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use support::text;
+use std::process::Output;
+use support::{edgewise, home, http, http_bytes, text, Serve};
 
 use serde_json::Value;
 
 fn component(name: &str) -> PathBuf {
-    let dir = std::env::var_os("EDGEWISE_COMPONENTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../components/target/wasm32-wasip2/release")
-        });
-    let path = dir.join(format!("{name}.wasm"));
+    let path = edgewise_sandbox::built_guest(name);
     assert!(
         path.exists(),
         "{} is missing: run `make components`",
@@ -26,24 +21,9 @@ fn component(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh data dir sharing the pulled models.
-fn home() -> tempfile::TempDir {
-    let models = PathBuf::from(
-        std::env::var_os("EDGEWISE_HOME").expect("EDGEWISE_HOME must point at the pulled models"),
-    )
-    .join("models");
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&models, dir.path().join("models")).unwrap();
-    dir
-}
-
-fn edgewise(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgewise"))
-        .env("EDGEWISE_HOME", home)
-        .env_remove("EDGEWISE_CONFIG")
-        .args(args)
-        .output()
-        .unwrap()
+/// The binary with `args`, to completion.
+fn run(home: &Path, args: &[&str]) -> Output {
+    edgewise(home).args(args).output().unwrap()
 }
 
 #[test]
@@ -51,14 +31,14 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
     let home = home();
     let h = home.path();
     let calc = component("calc");
-    let out = edgewise(h, &["component", "add", calc.to_str().unwrap()]);
+    let out = run(h, &["component", "add", calc.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("tool calculate"),
         "{}",
         text(&out)
     );
-    let out = edgewise(
+    let out = run(
         h,
         &[
             "component",
@@ -70,7 +50,7 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-    let out = edgewise(h, &["component", "list"]);
+    let out = run(h, &["component", "list"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("calc"),
         "{}",
@@ -79,7 +59,7 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
 
     // Built against edgewise:agent@0.2.0: refused, naming the interface and both versions.
     let future = component("future_tool");
-    let out = edgewise(
+    let out = run(
         h,
         &[
             "component",
@@ -96,13 +76,11 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
         "{}",
         text(&out)
     );
-    assert!(
-        !String::from_utf8_lossy(&edgewise(h, &["component", "list"]).stdout).contains("future")
-    );
+    assert!(!String::from_utf8_lossy(&run(h, &["component", "list"]).stdout).contains("future"));
 
     // Signatures: with trusted keys, unsigned is refused, signed loads, tampered is refused.
     let key = h.join("signing.key");
-    let out = edgewise(h, &["models", "keygen", "--out", key.to_str().unwrap()]);
+    let out = run(h, &["models", "keygen", "--out", key.to_str().unwrap()]);
     let public_key = String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("public key: ").map(str::to_owned))
@@ -113,7 +91,7 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
     )
     .unwrap();
     let call = || {
-        edgewise(
+        run(
             h,
             &[
                 "component",
@@ -130,7 +108,7 @@ fn components_install_call_and_refuse_bad_versions_and_tampering() {
         "{}",
         text(&out)
     );
-    let out = edgewise(
+    let out = run(
         h,
         &["component", "sign", "calc", "--key", key.to_str().unwrap()],
     );
@@ -175,9 +153,7 @@ limits:
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgewise"))
-        .env("EDGEWISE_HOME", h)
-        .env_remove("EDGEWISE_CONFIG")
+    let out = edgewise(h)
         .args(["agent", "run", "--json", "--seed", "1"])
         .arg(&spec)
         .arg("What is 1234 * 5678?")
@@ -192,4 +168,242 @@ limits:
         .unwrap_or_else(|| panic!("no calculate call: {outcome}"));
     assert_eq!(call["observation"], "7006652", "{outcome}");
     assert_eq!(outcome["status"], "completed", "{outcome}");
+}
+
+/// `wasm` with a custom section appended: the same behaviour, another version (sha256).
+fn another_version(wasm: &[u8], tag: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"edgewise-test-version";
+    let mut contents = Vec::new();
+    leb128(name.len(), &mut contents);
+    contents.extend_from_slice(name);
+    contents.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb128(contents.len(), &mut out);
+    out.extend_from_slice(&contents);
+    out
+}
+
+fn node_config(home: &Path) -> PathBuf {
+    let config = home.join("node.yaml");
+    std::fs::write(&config, "threads: 2\nparallel: 2\nmqtt_listen: \"\"\n").unwrap();
+    config
+}
+
+fn json_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// One call of calc through the API: (status, output, sha256 of the version that answered).
+fn call_calc(port: u16) -> (u16, String, String) {
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/components/calc/tools/calculate",
+        r#"{"expression": "6*7"}"#,
+    );
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (
+        status,
+        v["output"].as_str().unwrap_or(&body).to_owned(),
+        v["sha256"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn a_component_replaced_under_load_answers_every_call() {
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let home = home();
+    let h = home.path();
+    let serve = Serve::start(h, &node_config(h));
+    let port = serve.port;
+    let v1 = std::fs::read(component("calc")).unwrap();
+    let v2 = another_version(&v1, "2");
+    let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let (sha1, sha2) = (sha(&v1), sha(&v2));
+
+    // First install: the raw bytes.
+    let (status, _, body) = http_bytes(port, "PUT", "/v1/components/calc", &v1, "application/wasm");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json_body(&body)["sha256"], sha1.as_str());
+    assert_eq!(json_body(&body)["tools"][0]["name"], "calculate");
+
+    // Four clients call in a loop (bounded in count and time) while the component is replaced
+    // twice: through the API (JSON form) and through the CLI from another process.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let log: Arc<Mutex<Vec<(Instant, u16, String, String)>>> = Arc::default();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, calls, log) = (stop.clone(), calls.clone(), log.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let (status, output, sha) = call_calc(port);
+                    log.lock().unwrap().push((started, status, output, sha));
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let wait_calls = |n: usize| {
+        let target = calls.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while calls.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    wait_calls(100);
+    let body = serde_json::json!({
+        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(&v2),
+        "manifest": {"description": "calc, second build", "grants": {"time_limit": "2s"}},
+    })
+    .to_string();
+    let (status, _, resp) = http(port, "PUT", "/v1/components/calc", &body);
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(json_body(&resp)["sha256"], sha2.as_str());
+    let swapped_to_v2 = Instant::now();
+
+    wait_calls(100);
+    let v1_file = h.join("calc.wasm");
+    std::fs::write(&v1_file, &v1).unwrap();
+    let reinstalling = Instant::now();
+    let out = run(
+        h,
+        &[
+            "component",
+            "add",
+            v1_file.to_str().unwrap(),
+            "--name",
+            "calc",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let swapped_to_v1 = Instant::now();
+
+    wait_calls(100);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let log = log.lock().unwrap();
+    let failed: Vec<_> = log
+        .iter()
+        .filter(|(_, status, output, _)| *status != 200 || output != "42")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        failed.len(),
+        log.len(),
+        failed.first()
+    );
+    // A call that started after a replacement returned runs the new version (during the CLI's
+    // run either may answer).
+    for (started, _, _, sha) in log.iter() {
+        if *started > swapped_to_v1 {
+            assert_eq!(
+                *sha, sha1,
+                "a call after the CLI reinstall ran another version"
+            );
+        } else if *started > swapped_to_v2 && *started < reinstalling {
+            assert_eq!(*sha, sha2, "a call after the PUT ran another version");
+        }
+    }
+    let served_by = |s: &str| log.iter().filter(|(_, _, _, sha)| sha == s).count();
+    eprintln!(
+        "{} calls, none failed: {} by the first version, {} by the second",
+        log.len(),
+        served_by(&sha1),
+        served_by(&sha2)
+    );
+    assert!(
+        served_by(&sha2) >= 100,
+        "the second version served {}",
+        served_by(&sha2)
+    );
+
+    // The API's own answers to mistakes.
+    let (status, _, body) = http(port, "POST", "/v1/components/calc/tools/nope", "{}");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("offers: calculate"), "{body}");
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/components/calc/events",
+        r#"{"payload": "x"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, _, body) = http(port, "GET", "/v1/components/missing", "");
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = http(port, "DELETE", "/v1/components/calc", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call_calc(port).0, 404);
+}
+
+#[test]
+fn sensor_handler_under_serve_leaves_its_prediction_in_kv() {
+    use base64::Engine as _;
+
+    let home = home();
+    let h = home.path();
+    let serve = Serve::start(h, &node_config(h));
+    let port = serve.port;
+    let wasm = std::fs::read(component("sensor_handler")).unwrap();
+    let body = serde_json::json!({
+        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(&wasm),
+        "manifest": {
+            "description": "seed 002's sensor handler",
+            "grants": {
+                "interfaces": ["logging", "inference", "keyvalue"],
+                "kv_buckets": ["predictions"],
+                "time_limit": "120s"
+            }
+        },
+    })
+    .to_string();
+    let (status, _, resp) = http(port, "PUT", "/v1/components/sensor-handler", &body);
+    assert_eq!(status, 201, "{resp}");
+    assert_eq!(json_body(&resp)["kind"], "agent");
+
+    let event = r#"{"source": "line-3", "payload": {"sensor": "boiler-7", "temperature_c": 131.0, "limit_c": 100.0}}"#;
+    let (status, _, resp) = http(port, "POST", "/v1/components/sensor-handler/events", event);
+    assert_eq!(status, 200, "{resp}");
+    let output = json_body(&resp)["output"].as_str().unwrap().to_owned();
+    let prediction = json_body(&output);
+    assert!(
+        ["normal", "warning", "critical"].contains(&prediction["status"].as_str().unwrap_or("")),
+        "{prediction}"
+    );
+    assert!(prediction["reason"].is_string(), "{prediction}");
+
+    // The node's KV holds it, in the component's own bucket namespace.
+    drop(serve);
+    let out = run(
+        h,
+        &["kv", "get", "wasm:sensor-handler:predictions", "boiler-7"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), output);
 }

@@ -38,6 +38,10 @@ pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
     /// `args` already satisfy `spec().parameters`.
     async fn call(&self, args: Value) -> Result<String, ToolError>;
+    /// Wasm components may call other tools, but not components (no unbounded call depth).
+    fn is_component(&self) -> bool {
+        false
+    }
 }
 
 /// What tools need from the node.
@@ -49,13 +53,14 @@ pub struct ToolContext {
     pub egress_allowed: bool,
     /// Relative paths in the spec (roots, components) resolve against this.
     pub spec_dir: PathBuf,
-    /// Installed components (`wasm:NAME`).
-    pub data_components: PathBuf,
-    /// Compiled component artifacts.
-    pub wasm_cache: PathBuf,
-    pub sandbox: wasm::SandboxSlot,
+    /// The node's Wasm components (`wasm:NAME`, `wasm:PATH`).
+    pub components: Arc<crate::components::ComponentRegistry>,
     /// The agent's model, for components granted inference.
     pub engine: wasm::EngineSlot,
+    /// The node's embedding model, for components granted inference.
+    pub embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
+    /// The agent's other tools, for components granted `tools`.
+    pub tools: wasm::ToolsSlot,
 }
 
 impl ToolContext {
@@ -68,16 +73,20 @@ impl ToolContext {
         spec_dir: PathBuf,
         data: &edgewise_core::DataDir,
     ) -> Self {
+        let components = Arc::new(crate::components::ComponentRegistry::new(
+            data,
+            config.trusted_keys.clone(),
+        ));
         Self {
             agent_id: agent_id.to_owned(),
             kv,
             config,
             egress_allowed,
             spec_dir,
-            data_components: data.components(),
-            wasm_cache: data.wasm_cache(),
-            sandbox: wasm::SandboxSlot::default(),
+            components,
             engine: wasm::EngineSlot::default(),
+            embedder: None,
+            tools: wasm::ToolsSlot::default(),
         }
     }
 
@@ -160,6 +169,18 @@ impl ToolRegistry {
         self.tools
             .push((name, Arc::new(Registered { tool, validator })));
         Ok(())
+    }
+
+    /// The tools that are not Wasm components: what components may call.
+    pub fn without_components(&self) -> Self {
+        Self {
+            tools: self
+                .tools
+                .iter()
+                .filter(|(_, r)| !r.tool.is_component())
+                .cloned()
+                .collect(),
+        }
     }
 
     fn get(&self, name: &str) -> Option<&Arc<Registered>> {

@@ -2,108 +2,76 @@
 //! capability's grants (or the component manifest's), and the node's services behind the host
 //! interfaces the grants allow.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgewise_core::{AgentSpec, Capability, ComponentManifest};
+use edgewise_core::{AgentSpec, Capability};
 use edgewise_infer::{Constraint, Engine, GenerateRequest, ToolSpec};
-use edgewise_sandbox::store::{manifest_beside, ComponentStore};
-use edgewise_sandbox::{
-    ChatMessage, HostServices, InferenceOptions, LoadedComponent, Sandbox, SandboxConfig,
-    SandboxError,
-};
+use edgewise_sandbox::{ChatMessage, HostServices, InferenceOptions, SandboxError};
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError};
-
-/// The node's sandbox, created on first use (it starts a thread and reserves address space).
-#[derive(Clone, Default)]
-pub struct SandboxSlot(Arc<OnceLock<Result<Arc<Sandbox>, String>>>);
-
-impl SandboxSlot {
-    pub fn get(&self, cache_dir: &Path) -> Result<Arc<Sandbox>, String> {
-        self.0
-            .get_or_init(|| {
-                Sandbox::new(SandboxConfig {
-                    cache_dir: Some(cache_dir.to_path_buf()),
-                    ..SandboxConfig::default()
-                })
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-            })
-            .clone()
-    }
-}
+use crate::components::{ComponentRegistry, ComponentSource, Target};
 
 /// The model the agent runs on, set once it is loaded (tools are built before it).
 #[derive(Clone, Default)]
 pub struct EngineSlot(pub Arc<OnceLock<Arc<Engine>>>);
 
+/// The agent's tools as components may call them (set once the agent is built), with the audit
+/// log every such call is written to.
+#[derive(Clone, Default)]
+pub struct ToolsSlot(pub Arc<OnceLock<ComponentToolAccess>>);
+
+pub struct ComponentToolAccess {
+    /// Without components (see `ToolRegistry::without_components`).
+    pub tools: super::ToolRegistry,
+    pub audit: Arc<edgewise_store::AuditLog>,
+    pub node: String,
+    pub agent: String,
+}
+
 /// Where a `wasm:` endpoint points: a `.wasm` file (relative to the spec) or an installed
 /// component's name.
-fn locate(
-    target: &Path,
-    ctx: &ToolContext,
-) -> Result<(PathBuf, ComponentManifest, String), String> {
-    let text = target.to_string_lossy();
-    let is_name = !text.contains('/') && !text.ends_with(".wasm");
-    if is_name {
-        let store = ComponentStore::new(ctx.data_components.clone());
-        let c = store.get(&text).map_err(|e| e.to_string())?;
-        store
-            .verify(&c, &ctx.config.trusted_keys)
-            .map_err(|e| e.to_string())?;
-        return Ok((c.wasm, c.manifest, c.name));
+fn target_of(endpoint: &Path, ctx: &ToolContext) -> Target {
+    let text = endpoint.to_string_lossy();
+    if !text.contains('/') && !text.ends_with(".wasm") {
+        Target::Installed(text.into_owned())
+    } else {
+        Target::File(ctx.spec_dir.join(endpoint))
     }
-    let path = ctx.spec_dir.join(target);
-    let manifest = manifest_beside(&path).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "component".into());
-    Ok((path, manifest, name))
 }
 
 pub(crate) fn connect(
     cap: &Capability,
     spec: &AgentSpec,
     ctx: &ToolContext,
-    target: &Path,
+    endpoint: &Path,
 ) -> Result<Vec<Arc<dyn Tool>>, String> {
-    let (path, manifest, name) = locate(target, ctx)?;
-    // Relative file grants resolve where they were written: the spec's dir, or the manifest's.
-    let (mut grants, base) = match &cap.grants {
-        Some(g) => (g.clone(), ctx.spec_dir.clone()),
-        None => (
-            manifest.grants,
-            path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ),
-    };
-    for f in &mut grants.files {
-        if f.path.is_relative() {
-            f.path = base.join(&f.path);
+    // Relative file grants in the spec resolve against the spec's dir (the manifest's, against
+    // the manifest's: the registry does that).
+    let grants = cap.grants.clone().map(|mut g| {
+        for f in &mut g.files {
+            if f.path.is_relative() {
+                f.path = ctx.spec_dir.join(&f.path);
+            }
         }
-    }
-    let sandbox = ctx.sandbox.get(&ctx.wasm_cache)?;
-    let egress_allowed = ctx.egress_allowed;
-    let component = sandbox
-        .load(
-            &name,
-            &path,
-            grants,
-            spec.runtime.memory_limit.map(|b| b.as_u64()),
-            &|ip| egress_allowed || crate::egress::is_local(ip),
-        )
-        .map_err(|e| e.to_string())?;
+        g
+    });
+    let source = ComponentSource {
+        target: target_of(endpoint, ctx),
+        grants,
+        default_memory: spec.runtime.memory_limit.map(|b| b.as_u64()),
+        egress_allowed: ctx.egress_allowed,
+    };
+    let component = ctx.components.current(&source).map_err(|e| e.to_string())?;
     if component.kind != edgewise_sandbox::ComponentKind::Tool {
         return Err(format!(
             "{} is an agent component (it handles events); a capability needs a tool component",
-            path.display()
+            component.path.display()
         ));
     }
-    let component = Arc::new(component);
     let services: Arc<dyn HostServices> = Arc::new(NodeServices::new(ctx));
     let single = component.tools.len() == 1;
     Ok(component
@@ -126,7 +94,8 @@ pub(crate) fn connect(
             Arc::new(WasmTool {
                 spec,
                 tool: t.name.clone(),
-                component: component.clone(),
+                registry: ctx.components.clone(),
+                source: source.clone(),
                 services: services.clone(),
                 timeout: cap.timeout.unwrap_or(super::DEFAULT_TIMEOUT),
             }) as Arc<dyn Tool>
@@ -134,10 +103,12 @@ pub(crate) fn connect(
         .collect())
 }
 
+/// One tool of a component; each call runs the component's current version.
 struct WasmTool {
     spec: ToolSpec,
     tool: String,
-    component: Arc<LoadedComponent>,
+    registry: Arc<ComponentRegistry>,
+    source: ComponentSource,
     services: Arc<dyn HostServices>,
     timeout: Duration,
 }
@@ -148,13 +119,20 @@ impl Tool for WasmTool {
         &self.spec
     }
 
+    fn is_component(&self) -> bool {
+        true
+    }
+
     async fn call(&self, args: Value) -> Result<String, ToolError> {
-        let component = self.component.clone();
+        let registry = self.registry.clone();
+        let source = self.source.clone();
         let services = self.services.clone();
         let tool = self.tool.clone();
         // Components run synchronously (their own time limit stops them); off the async threads.
         let call = tokio::task::spawn_blocking(move || {
-            component.invoke(&tool, &args.to_string(), services)
+            registry
+                .current(&source)?
+                .invoke(&tool, &args.to_string(), services)
         });
         match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(ToolError::Failed(format!(
@@ -180,16 +158,21 @@ impl Tool for WasmTool {
 pub struct NodeServices {
     kv: Arc<edgewise_store::Kv>,
     engine: EngineSlot,
+    embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
+    tools: ToolsSlot,
     rt: tokio::runtime::Handle,
     broker: String,
     egress_allowed: bool,
 }
 
 impl NodeServices {
+    /// Must be called on a Tokio runtime (the one async services run on).
     pub fn new(ctx: &ToolContext) -> Self {
         Self {
             kv: ctx.kv.clone(),
             engine: ctx.engine.clone(),
+            embedder: ctx.embedder.clone(),
+            tools: ctx.tools.clone(),
             rt: tokio::runtime::Handle::current(),
             broker: ctx.config.mqtt_broker_addr("local-broker", 1883),
             egress_allowed: ctx.egress_allowed,
@@ -253,13 +236,47 @@ impl HostServices for NodeServices {
     fn generate(&self, prompt: &str, options: &InferenceOptions) -> Result<String, String> {
         self.complete(prompt.to_owned(), options)
     }
-    fn embed(&self, _text: &str) -> Result<Vec<f32>, String> {
-        Err("embeddings are not offered to components on this node yet".into())
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        let embedder = self.embedder.as_ref().ok_or(
+            "this node has no embedding model (edgewise pull all-minilm-l6-v2, or serve without --no-embeddings)",
+        )?;
+        let mut v = embedder
+            .get()
+            .and_then(|e| e.embed(&[text.to_owned()]))
+            .map_err(|e| e.to_string())?;
+        v.pop()
+            .ok_or_else(|| "the embedding model returned nothing".into())
     }
-    fn call_tool(&self, name: &str, _args_json: &str) -> Result<String, String> {
-        Err(format!(
-            "calling other tools ('{name}') from a component is not offered on this node yet"
-        ))
+    fn call_tool(&self, name: &str, args_json: &str) -> Result<String, String> {
+        let access = self.tools.0.get().ok_or(
+            "no agent tools are available to this call (components called directly have none)",
+        )?;
+        let args: Value = serde_json::from_str(args_json)
+            .map_err(|e| format!("arguments for '{name}' are not JSON: {e}"))?;
+        let started = std::time::Instant::now();
+        let result = self.rt.block_on(access.tools.call(name, &args));
+        let (decision, detail) = match &result {
+            Ok(_) => ("call", None),
+            Err(e @ ToolError::Refused(_)) => ("refused", Some(e.to_string())),
+            Err(e @ ToolError::Failed(_)) => ("tool_error", Some(e.to_string())),
+        };
+        // Calls a component makes are steps of the agent too: audited like the runner's.
+        access
+            .audit
+            .append(&edgewise_store::AuditRecord {
+                kind: "component_tool_call".into(),
+                node: access.node.clone(),
+                agent: access.agent.clone(),
+                tool: Some(name.to_owned()),
+                arguments: Some(args),
+                result: result.as_ref().ok().cloned(),
+                decision: decision.into(),
+                detail,
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            })
+            .map_err(|e| format!("audit log: {e}"))?;
+        result.map_err(|e| e.to_string())
     }
     fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), String> {
         self.rt

@@ -4,8 +4,84 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fresh data dir whose models/ is the pulled models (`make models`), so state and audit log
+/// start empty for each test.
+pub fn home() -> tempfile::TempDir {
+    let models = PathBuf::from(
+        std::env::var_os("EDGEWISE_HOME").expect("EDGEWISE_HOME must point at the pulled models"),
+    )
+    .join("models");
+    assert!(
+        models.join("qwen2.5-coder-0.5b-instruct").exists(),
+        "run `make models` first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&models, dir.path().join("models")).unwrap();
+    dir
+}
+
+/// The binary under test on data dir `home`, without the caller's config.
+pub fn edgewise(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgewise"));
+    c.env("EDGEWISE_HOME", home).env_remove("EDGEWISE_CONFIG");
+    c
+}
+
+/// Kills the process on drop.
+pub struct Guard(pub Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `edgewise serve` on a free loopback port.
+pub struct Serve {
+    pub guard: Guard,
+    pub port: u16,
+}
+
+impl Serve {
+    pub fn start(home: &Path, config: &Path) -> Serve {
+        let port = free_port();
+        let child = edgewise(home)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--no-embeddings", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn edgewise serve");
+        let guard = Guard(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http(port, "GET", "/health", "").0 != 200 {
+            assert!(Instant::now() < deadline, "edgewise serve did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Serve { guard, port }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.guard.0.kill().unwrap();
+        self.guard.0.wait().unwrap();
+    }
+}
 
 pub fn connect(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<TcpStream> {
     connect_with(port, method, path, body, "")
@@ -19,10 +95,38 @@ pub fn connect_with(
     body: &str,
     headers: &str,
 ) -> std::io::Result<TcpStream> {
+    connect_bytes(port, method, path, body.as_bytes(), headers)
+}
+
+fn connect_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &str,
+) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(180)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let content_type = if headers.to_ascii_lowercase().contains("content-type:") {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    s.write_all(body)?;
     Ok(s)
+}
+
+/// A request with a binary body of `content_type`.
+pub fn http_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    content_type: &str,
+) -> (u16, String, String) {
+    let headers = format!("Content-Type: {content_type}\r\n");
+    read_response(connect_bytes(port, method, path, body, &headers))
 }
 
 /// One loopback HTTP/1.1 request: (status, head, body); status 0 when nothing answers.
@@ -38,7 +142,11 @@ pub fn http_with(
     body: &str,
     headers: &str,
 ) -> (u16, String, String) {
-    let Ok(mut s) = connect_with(port, method, path, body, headers) else {
+    read_response(connect_with(port, method, path, body, headers))
+}
+
+fn read_response(stream: std::io::Result<TcpStream>) -> (u16, String, String) {
+    let Ok(mut s) = stream else {
         return (0, String::new(), String::new());
     };
     let mut raw = Vec::new();
