@@ -1,5 +1,6 @@
 //! `misbehave`: a component that does what a sandbox must stop — spin forever, eat memory, open
-//! files and sockets it was not granted. Tests only; never register it on a real node.
+//! files and sockets it was not granted — and probes the host interfaces tests check (calling
+//! another tool, embedding). Tests only; never register it on a real node.
 
 wit_bindgen::generate!({ world: "tool", path: "../../wit", generate_all });
 
@@ -23,6 +24,8 @@ impl Guest for Misbehave {
             tool("read_file", "Reads the file named by target."),
             tool("connect", "Opens a TCP connection to target (host:port)."),
             tool("echo", "Returns target: proof the component still works."),
+            tool("relay", "Calls the agent's tool named target with no arguments."),
+            tool("embed", "Embeds target with the node's model; returns the dimension."),
         ]
     }
 
@@ -51,6 +54,10 @@ impl Guest for Misbehave {
                 .map(|_| format!("connected to {target}"))
                 .map_err(|e| ToolError::Denied(format!("connect {target}: {e}"))),
             "echo" => Ok(target),
+            "relay" => edgewise::agent::tools::call(&target, "{}"),
+            "embed" => edgewise::agent::inference::embed(&target)
+                .map(|v| v.len().to_string())
+                .map_err(|e| ToolError::Failed(format!("{e:?}"))),
             _ => Err(ToolError::UnknownTool(name)),
         }
     }

@@ -90,6 +90,13 @@ impl AgentHost {
         ctx.components = self.components.clone();
         ctx.embedder = self.embedder.clone();
         let tools = ToolRegistry::from_spec(spec, &ctx).await?;
+        // Components granted `tools` call the agent's other tools.
+        let _ = ctx.tools.0.set(ComponentToolAccess {
+            tools: tools.without_components(),
+            audit: self.audit.clone(),
+            node: self.config.node_name(),
+            agent: spec.agent_id.clone(),
+        });
         Ok((tools, ctx))
     }
 
@@ -128,13 +135,6 @@ impl AgentHost {
         engine: Option<Arc<Engine>>,
         cloud: CloudAccess,
     ) -> Agent {
-        // Components granted `tools` call the agent's other tools.
-        let _ = ctx.tools.0.set(ComponentToolAccess {
-            tools: tools.without_components(),
-            audit: self.audit.clone(),
-            node: self.config.node_name(),
-            agent: spec.agent_id.clone(),
-        });
         Agent::new(
             spec,
             tools,

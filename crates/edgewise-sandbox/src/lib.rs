@@ -58,6 +58,7 @@ pub(crate) mod bindings {
                 "wasi:keyvalue/store": super::wasi::keyvalue::store,
                 "wasi:logging/logging": super::wasi::logging::logging,
                 "edgewise:agent/inference": super::edgewise::agent::inference,
+                "edgewise:agent/tools": super::edgewise::agent::tools,
                 "edgewise:agent/types": super::edgewise::agent::types,
             },
             imports: { default: trappable },
