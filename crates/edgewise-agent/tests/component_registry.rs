@@ -9,13 +9,7 @@ use edgewise_core::{ComponentManifest, DataDir};
 use edgewise_sandbox::NoServices;
 
 fn guest(name: &str) -> std::path::PathBuf {
-    let path = edgewise_sandbox::built_guest(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make components`",
-        path.display()
-    );
-    path
+    edgewise_sandbox::built_guest(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

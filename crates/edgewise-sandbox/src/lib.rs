@@ -26,17 +26,25 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// The package every host interface and export belongs to.
 pub const WIT_PACKAGE: &str = "edgewise:agent";
 
-/// Where `make components` puts the guest component `name` (`calc`, `sensor_handler`, …):
+/// Where `make components` put the guest component `name` (`calc`, `sensor_handler`, …):
 /// `$EDGEWISE_COMPONENTS`, else this source tree's `components/target/wasm32-wasip2/release`.
-/// For tests and `edgewise bench wasm`; the file may not exist.
-pub fn built_guest(name: &str) -> std::path::PathBuf {
+/// For tests and `edgewise bench wasm`; the error says how to build it.
+pub fn built_guest(name: &str) -> Result<std::path::PathBuf, String> {
     let dir = std::env::var_os("EDGEWISE_COMPONENTS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../components/target/wasm32-wasip2/release")
         });
-    dir.join(format!("{name}.wasm"))
+    let path = dir.join(format!("{name}.wasm"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: run `make components`",
+            path.display()
+        ))
+    }
 }
 
 /// Host bindings generated from `wit/`.

@@ -11,13 +11,7 @@ use edgewise_core::{FileGrant, Grants};
 use edgewise_sandbox::{LoadedComponent, NoServices, Sandbox, SandboxConfig, SandboxError};
 
 fn wasm(name: &str) -> PathBuf {
-    let path = edgewise_sandbox::built_guest(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make components`",
-        path.display()
-    );
-    path
+    edgewise_sandbox::built_guest(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn sandbox() -> Sandbox {

@@ -79,11 +79,9 @@ fn find_calc(node: &Node, given: Option<PathBuf>) -> Result<PathBuf> {
     if installed.exists() {
         return Ok(installed);
     }
-    let built = edgewise_sandbox::built_guest("calc");
-    if built.exists() {
-        return Ok(built);
-    }
-    bail!("no calc component found: pass --component PATH, install one with `edgewise component add calc.wasm`, or build them with `make components`")
+    edgewise_sandbox::built_guest("calc").map_err(|built| {
+        anyhow::anyhow!("no calc component found: pass --component PATH, install one with `edgewise component add calc.wasm`, or build it ({built})")
+    })
 }
 
 pub fn run(node: &Node, a: WasmBenchArgs) -> Result<()> {

@@ -12,13 +12,7 @@ use support::{edgewise, home, http, http_bytes, text, Serve};
 use serde_json::Value;
 
 fn component(name: &str) -> PathBuf {
-    let path = edgewise_sandbox::built_guest(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make components`",
-        path.display()
-    );
-    path
+    edgewise_sandbox::built_guest(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The binary with `args`, to completion.
