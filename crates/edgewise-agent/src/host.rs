@@ -79,16 +79,11 @@ impl AgentHost {
         spec: &AgentSpec,
         spec_dir: &Path,
     ) -> Result<(ToolRegistry, ToolContext), AgentError> {
-        let mut ctx = ToolContext::new(
+        let ctx = self.tool_context(
             &spec.agent_id,
-            self.kv.clone(),
-            self.config.clone(),
             spec.workflow_policy.egress_allowed,
-            spec_dir.to_path_buf(),
-            &self.data,
+            spec_dir,
         );
-        ctx.components = self.components.clone();
-        ctx.embedder = self.embedder.clone();
         let tools = ToolRegistry::from_spec(spec, &ctx).await?;
         // Components granted `tools` call the agent's other tools.
         let _ = ctx.tools.0.set(ComponentToolAccess {
@@ -150,20 +145,26 @@ impl AgentHost {
     /// call`): the node's model and embedder, KV, MQTT on the local network only, no agent tools.
     /// Call on a Tokio runtime.
     pub fn direct_services(&self, engine: Option<Arc<Engine>>) -> NodeServices {
-        let mut ctx = ToolContext::new(
-            "components",
-            self.kv.clone(),
-            self.config.clone(),
-            false,
-            self.data.root().to_path_buf(),
-            &self.data,
-        );
-        ctx.components = self.components.clone();
-        ctx.embedder = self.embedder.clone();
+        let ctx = self.tool_context("components", false, self.data.root());
         if let Some(e) = engine {
             let _ = ctx.engine.0.set(e);
         }
         NodeServices::new(&ctx)
+    }
+
+    /// What tools of `agent_id` need from this node: its KV, config, components and embedder.
+    fn tool_context(&self, agent_id: &str, egress_allowed: bool, spec_dir: &Path) -> ToolContext {
+        let mut ctx = ToolContext::new(
+            agent_id,
+            self.kv.clone(),
+            self.config.clone(),
+            egress_allowed,
+            spec_dir.to_path_buf(),
+            &self.data,
+        );
+        ctx.components = self.components.clone();
+        ctx.embedder = self.embedder.clone();
+        ctx
     }
 
     fn cloud_access(&self, spec: &AgentSpec) -> CloudAccess {
