@@ -7,9 +7,11 @@
 //!   reordering breaks the chain at the first affected record.
 
 mod audit;
+pub mod knowledge;
 mod kv;
 
 pub use audit::{AuditEntry, AuditLog, AuditRecord, ChainBreak};
+pub use knowledge::{Knowledge, KnowledgeError};
 pub use kv::{Kv, StoreError};
 
 /// Hex sha256 of `bytes`: the digest format used in audit records.
