@@ -11,6 +11,7 @@ use edgewise_store::{AuditLog, AuditRecord, Kv};
 
 use crate::cloud::CloudModel;
 use crate::components::ComponentRegistry;
+use crate::knowledge::KnowledgeSlot;
 use crate::runner::CloudAccess;
 use crate::runs::{RunRecord, RunStore};
 use crate::tools::wasm::{ComponentToolAccess, NodeServices};
@@ -29,6 +30,8 @@ pub struct AgentHost {
     pub components: Arc<ComponentRegistry>,
     /// The node's embedding model, if it has one (components' `inference.embed`).
     pub embedder: Option<Arc<LazyEmbedder>>,
+    /// The node's vector memory, opened on first use.
+    pub knowledge: Arc<KnowledgeSlot>,
 }
 
 impl AgentHost {
@@ -47,6 +50,7 @@ impl AgentHost {
             data: data.clone(),
             components,
             embedder: None,
+            knowledge: Arc::new(KnowledgeSlot::new(data.knowledge())),
         };
         for r in host.runs().mark_interrupted()? {
             tracing::warn!(agent = %r.agent, run = %r.run, "run was interrupted by a node stop");
@@ -164,6 +168,7 @@ impl AgentHost {
         );
         ctx.components = self.components.clone();
         ctx.embedder = self.embedder.clone();
+        ctx.knowledge = self.knowledge.clone();
         ctx
     }
 

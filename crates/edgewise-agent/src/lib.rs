@@ -14,6 +14,7 @@ pub mod egress;
 mod error;
 pub mod eval;
 mod host;
+pub mod knowledge;
 mod model_choice;
 mod runner;
 pub mod runs;

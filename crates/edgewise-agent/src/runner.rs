@@ -155,6 +155,9 @@ pub struct Agent {
     runs: RunStore,
     node: String,
     audit_content: AuditContent,
+    /// `memory.knowledge`: the node's vector memory and embedder.
+    knowledge: Arc<crate::knowledge::KnowledgeSlot>,
+    embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
 }
 
 impl Agent {
@@ -181,7 +184,59 @@ impl Agent {
             runs: RunStore::new(ctx.kv.clone()),
             node,
             audit_content: ctx.config.audit_content,
+            knowledge: ctx.knowledge.clone(),
+            embedder: ctx.embedder.clone(),
         }
+    }
+
+    /// `memory.knowledge`: the task preceded by the nearest passages, each with its id (small
+    /// models answer from passages reliably when they come right before the question). The
+    /// retrieval is audited with the ids it found.
+    async fn with_knowledge(&self, task: &str, run: &str) -> Result<String, String> {
+        let Some(mem) = &self.spec.memory.knowledge else {
+            return Ok(task.to_owned());
+        };
+        let embedder = self.embedder.clone().ok_or_else(|| {
+            "memory.knowledge needs the node's embedding model; run `edgewise pull all-minilm-l6-v2`"
+                .to_string()
+        })?;
+        let knowledge = self.knowledge.clone();
+        let (collection, k, query) = (mem.collection.clone(), mem.passages.max(1), task.to_owned());
+        let hits = tokio::task::spawn_blocking(move || {
+            let e = embedder.get().map_err(|e| e.to_string())?;
+            let id = edgewise_store::knowledge::EmbeddingId::current(&embedder.name, e.dimension());
+            let q = e
+                .embed(&[query])
+                .map_err(|e| e.to_string())?
+                .pop()
+                .ok_or("the embedder returned no vector")?;
+            knowledge
+                .get()
+                .map_err(|e| e.to_string())?
+                .search(&collection, &id, &q, k, &Default::default())
+                .map_err(|e| format!("memory.knowledge: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+        self.audit(AuditRecord {
+            kind: "retrieve".into(),
+            run: run.to_owned(),
+            decision: "retrieve".into(),
+            tool: Some(format!("knowledge:{}", mem.collection)),
+            result: Some(ids.join(" ")),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        for h in &hits {
+            // One line per passage: a 0.5B model echoes passages that keep their line breaks.
+            let text = h.text.split_whitespace().collect::<Vec<_>>().join(" ");
+            out.push_str(&format!("Passage [{}]: {text}\n\n", h.id));
+        }
+        out.push_str("Question: ");
+        out.push_str(task);
+        Ok(out)
     }
 
     /// The model this agent's runs use (`cloud:MODEL` when there is no local one).
@@ -393,7 +448,15 @@ impl Agent {
         let limits = &spec.limits;
         let mut messages = vec![json!({"role": "system", "content": self.system_prompt()})];
         messages.extend(self.history()?);
-        messages.push(json!({"role": "user", "content": task}));
+        let task_with_passages = match self.with_knowledge(task, &record.run).await {
+            Ok(t) => t,
+            Err(message) => {
+                record.status = RunStatus::Failed;
+                record.error = Some(message);
+                return Ok(());
+            }
+        };
+        messages.push(json!({"role": "user", "content": task_with_passages}));
         let tools_json = self.tools.openai_tools();
         let all_tools = self.tools.specs();
         let mut calls_by_tool: BTreeMap<String, u32> = BTreeMap::new();

@@ -91,6 +91,12 @@ pub struct Capability {
     /// `builtin:read_file` / `builtin:list_dir`: the directory the tool is confined to.
     #[serde(default)]
     pub root: Option<PathBuf>,
+    /// `builtin:search_knowledge`: the knowledge collection it searches.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// `builtin:doc_get` / `builtin:doc_set`: the shared CRDT document they read and write.
+    #[serde(default)]
+    pub document: Option<String>,
     /// Time one call may take.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -129,6 +135,9 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "http_request",
     "mqtt_publish",
     "current_time",
+    "search_knowledge",
+    "doc_get",
+    "doc_set",
 ];
 
 impl TryFrom<String> for Endpoint {
@@ -325,6 +334,22 @@ pub struct Memory {
     /// Earlier runs' messages (task and answer) carried into a new run; 0 starts every run fresh.
     #[serde(default)]
     pub history_window: u32,
+    /// Retrieval before the first step: the passages of this knowledge collection nearest to the
+    /// task are put in front of it, each with the id an answer cites.
+    #[serde(default)]
+    pub knowledge: Option<KnowledgeMemory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnowledgeMemory {
+    pub collection: String,
+    /// How many passages to retrieve.
+    #[serde(default = "default_passages")]
+    pub passages: usize,
+}
+
+fn default_passages() -> usize {
+    3
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

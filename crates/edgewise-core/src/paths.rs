@@ -65,6 +65,10 @@ impl DataDir {
     pub fn wasm_cache(&self) -> PathBuf {
         self.root.join("cache").join("wasm")
     }
+    /// Vector memory: collections (redb) and their saved indexes.
+    pub fn knowledge(&self) -> PathBuf {
+        self.root.join("knowledge")
+    }
     /// Node configuration.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")

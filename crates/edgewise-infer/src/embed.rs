@@ -46,6 +46,8 @@ impl LazyEmbedder {
 pub struct Embedder {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation or padding, for measuring texts.
+    counter: Tokenizer,
     device: Device,
     dimension: usize,
 }
@@ -67,6 +69,9 @@ impl Embedder {
             .and_then(|v| v["hidden_size"].as_u64())
             .unwrap_or(384) as usize;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(err)?;
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter.with_truncation(None).map_err(err)?;
         tokenizer.with_padding(Some(PaddingParams::default()));
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -88,6 +93,7 @@ impl Embedder {
         Ok(Self {
             model,
             tokenizer,
+            counter,
             device,
             dimension,
         })
@@ -95,6 +101,19 @@ impl Embedder {
 
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// Tokens the model reads of one text; the rest is cut off before embedding.
+    pub fn max_tokens(&self) -> usize {
+        MAX_TOKENS
+    }
+
+    /// How many tokens `text` is (no special tokens, no truncation).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.counter
+            .encode(text, false)
+            .map(|e| e.get_ids().len())
+            .unwrap_or(text.len() / 4)
     }
 
     /// Embeds `texts` in batches; each vector has `dimension()` floats and unit length.

@@ -976,25 +976,25 @@ impl Knowledge {
     }
 
     /// Replaces every vector (and the collection's embedding identity) in one transaction:
-    /// `embed` gets the texts in order and returns one vector each.
+    /// `embed` gets the chunks in order and returns one vector each.
     pub fn reembed(
         &self,
         name: &str,
         embedding: &EmbeddingId,
-        embed: impl FnOnce(&[String]) -> std::result::Result<Vec<Vec<f32>>, String>,
+        embed: impl FnOnce(&[Hit]) -> std::result::Result<Vec<Vec<f32>>, String>,
     ) -> Result<u64> {
         let chunks = self.chunks(name)?;
-        let texts: Vec<String> = chunks.iter().map(|(h, _)| h.text.clone()).collect();
-        let vectors = embed(&texts).map_err(|message| KnowledgeError::Invalid {
+        let hits: Vec<Hit> = chunks.iter().map(|(h, _)| h.clone()).collect();
+        let vectors = embed(&hits).map_err(|message| KnowledgeError::Invalid {
             what: "re-embedding".into(),
             message,
         })?;
-        if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != embedding.dimension) {
+        if vectors.len() != hits.len() || vectors.iter().any(|v| v.len() != embedding.dimension) {
             return Err(KnowledgeError::Invalid {
                 what: "re-embedding".into(),
                 message: format!(
                     "expected {} vectors of {} floats",
-                    texts.len(),
+                    hits.len(),
                     embedding.dimension
                 ),
             });

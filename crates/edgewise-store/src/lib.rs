@@ -7,10 +7,12 @@
 //!   reordering breaks the chain at the first affected record.
 
 mod audit;
+pub mod docs;
 pub mod knowledge;
 mod kv;
 
 pub use audit::{AuditEntry, AuditLog, AuditRecord, ChainBreak};
+pub use docs::{DocError, Documents};
 pub use knowledge::{Knowledge, KnowledgeError};
 pub use kv::{Kv, StoreError};
 

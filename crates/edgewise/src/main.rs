@@ -7,6 +7,7 @@ mod bench_wasm;
 mod chat;
 mod component;
 mod eval;
+mod kb;
 mod kv;
 mod models;
 mod node;
@@ -71,6 +72,9 @@ enum Command {
     /// Read and write the node's key-value state (agents' kv_set lands in `agent:<id>`).
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Knowledge collections for RAG: add documents, search, sync deltas.
+    #[command(subcommand)]
+    Kb(kb::KbCommand),
     /// Install, inspect and call Wasm components (tools and agent logic).
     #[command(subcommand)]
     Component(component::ComponentCommand),
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agent(cmd) => agent::run(&node, cmd),
         Command::Audit(cmd) => agent::audit(&node, cmd),
         Command::Kv(cmd) => kv::run(&node, cmd),
+        Command::Kb(cmd) => kb::run(&node, cmd),
         Command::Component(cmd) => component::run(&node, cmd),
         Command::Eval(cmd) => eval::run(&node, cmd),
     }

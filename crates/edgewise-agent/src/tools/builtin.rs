@@ -115,6 +115,53 @@ pub(super) fn build(
             ctx.egress_allowed,
             timeout,
         )),
+        "search_knowledge" => {
+            let collection = cap.collection.clone().ok_or_else(|| {
+                "builtin:search_knowledge needs `collection:`, the knowledge collection it searches"
+                    .to_string()
+            })?;
+            Arc::new(super::knowledge::SearchKnowledgeTool {
+                spec: spec_for(
+                    format!("Search the '{collection}' knowledge base for passages about a question. Each passage has an id to cite."),
+                    json!({
+                        "type": "object",
+                        "properties": {
+                            "query": {"type": "string", "description": "What to look for, in a few words."}
+                        },
+                        "required": ["query"],
+                        "additionalProperties": false
+                    }),
+                ),
+                collection,
+                knowledge: ctx.knowledge.clone(),
+                embedder: ctx.embedder.clone(),
+            })
+        }
+        "doc_get" | "doc_set" => {
+            let document = cap.document.clone().ok_or_else(|| {
+                format!("builtin:{name} needs `document:`, the shared document it uses")
+            })?;
+            let docs =
+                edgewise_store::Documents::open(ctx.kv.clone()).map_err(|e| e.to_string())?;
+            let write = name == "doc_set";
+            let spec = if write {
+                spec_for(
+                    format!("Set a key of the shared '{document}' state, e.g. key zone4/valve, value closed. Other nodes see it after sync."),
+                    json!({"type": "object", "properties": {"key": {"type": "string"}, "value": {"type": "string"}}, "required": ["key", "value"], "additionalProperties": false}),
+                )
+            } else {
+                spec_for(
+                    format!("Read the shared '{document}' state: one key (e.g. zone4/valve), or every key when `key` is empty."),
+                    json!({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"], "additionalProperties": false}),
+                )
+            };
+            Arc::new(DocTool {
+                spec,
+                docs,
+                document,
+                write,
+            })
+        }
         other => return Err(format!("no built-in tool '{other}'")),
     })
 }
@@ -283,6 +330,46 @@ mod tests {
                 matches!(confine(&root, bad), Err(ToolError::Refused(_))),
                 "{bad}"
             );
+        }
+    }
+}
+
+/// `doc_get` / `doc_set` on one shared CRDT document.
+struct DocTool {
+    spec: ToolSpec,
+    docs: edgewise_store::Documents,
+    document: String,
+    write: bool,
+}
+
+#[async_trait]
+impl Tool for DocTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, args: Value) -> Result<String, ToolError> {
+        let key = args
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim();
+        let failed = |e: edgewise_store::DocError| ToolError::Failed(e.to_string());
+        if self.write {
+            let value = args.get("value").cloned().unwrap_or(Value::Null);
+            if key.is_empty() {
+                return Err(ToolError::Refused("`key` is empty".into()));
+            }
+            self.docs.set(&self.document, key, &value).map_err(failed)?;
+            return Ok(format!("{}: {key} = {value}", self.document));
+        }
+        if key.is_empty() {
+            let all = self.docs.entries(&self.document).map_err(failed)?;
+            return Ok(serde_json::to_string(&all).unwrap_or_default());
+        }
+        match self.docs.get(&self.document, key).map_err(failed)? {
+            Some(e) => Ok(serde_json::to_string(&e).unwrap_or_default()),
+            None => Ok(format!("{}: no value for {key}", self.document)),
         }
     }
 }

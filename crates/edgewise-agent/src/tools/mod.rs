@@ -2,6 +2,7 @@
 
 mod builtin;
 mod http;
+mod knowledge;
 mod mcp;
 mod mqtt;
 mod unix;
@@ -61,6 +62,8 @@ pub struct ToolContext {
     pub embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
     /// The agent's other tools, for components granted `tools`.
     pub tools: wasm::ToolsSlot,
+    /// The node's vector memory (`builtin:search_knowledge`).
+    pub knowledge: Arc<crate::knowledge::KnowledgeSlot>,
 }
 
 impl ToolContext {
@@ -87,6 +90,7 @@ impl ToolContext {
             engine: wasm::EngineSlot::default(),
             embedder: None,
             tools: wasm::ToolsSlot::default(),
+            knowledge: Arc::new(crate::knowledge::KnowledgeSlot::new(data.knowledge())),
         }
     }
 
