@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use edgewise_infer::Embedder;
-use edgewise_store::knowledge::{EmbeddingId, NewChunk};
+use edgewise_infer::{Embedder, LazyEmbedder};
+use edgewise_store::knowledge::{EmbeddingId, Hit, NewChunk};
 use edgewise_store::{Knowledge, KnowledgeError};
 use serde_json::{Map, Value};
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
@@ -43,6 +43,37 @@ impl KnowledgeSlot {
         *slot = Some(k.clone());
         Ok(k)
     }
+}
+
+/// The `k` chunks of `collection` nearest to `query`, embedded with the node's embedding model;
+/// the model and the store work off the async runtime.
+pub async fn search(
+    knowledge: Arc<KnowledgeSlot>,
+    embedder: Option<Arc<LazyEmbedder>>,
+    collection: &str,
+    query: &str,
+    k: usize,
+) -> Result<Vec<Hit>, String> {
+    let embedder = embedder.ok_or_else(|| {
+        "this node has no embedding model; run `edgewise pull all-minilm-l6-v2`".to_string()
+    })?;
+    let (collection, query) = (collection.to_owned(), query.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let e = embedder.get().map_err(|e| e.to_string())?;
+        let id = EmbeddingId::current(&embedder.name, e.dimension());
+        let q = e
+            .embed(&[query])
+            .map_err(|e| e.to_string())?
+            .pop()
+            .ok_or("the embedder returned no vector")?;
+        knowledge
+            .get()
+            .map_err(|e| e.to_string())?
+            .search(&collection, &id, &q, k, &Default::default())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 #[derive(Debug, Clone, Copy)]

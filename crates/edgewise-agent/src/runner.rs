@@ -196,28 +196,15 @@ impl Agent {
         let Some(mem) = &self.spec.memory.knowledge else {
             return Ok(task.to_owned());
         };
-        let embedder = self.embedder.clone().ok_or_else(|| {
-            "memory.knowledge needs the node's embedding model; run `edgewise pull all-minilm-l6-v2`"
-                .to_string()
-        })?;
-        let knowledge = self.knowledge.clone();
-        let (collection, k, query) = (mem.collection.clone(), mem.passages.max(1), task.to_owned());
-        let hits = tokio::task::spawn_blocking(move || {
-            let e = embedder.get().map_err(|e| e.to_string())?;
-            let id = edgewise_store::knowledge::EmbeddingId::current(&embedder.name, e.dimension());
-            let q = e
-                .embed(&[query])
-                .map_err(|e| e.to_string())?
-                .pop()
-                .ok_or("the embedder returned no vector")?;
-            knowledge
-                .get()
-                .map_err(|e| e.to_string())?
-                .search(&collection, &id, &q, k, &Default::default())
-                .map_err(|e| format!("memory.knowledge: {e}"))
-        })
+        let hits = crate::knowledge::search(
+            self.knowledge.clone(),
+            self.embedder.clone(),
+            &mem.collection,
+            task,
+            mem.passages.max(1),
+        )
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| format!("memory.knowledge: {e}"))?;
         let ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
         self.audit(AuditRecord {
             kind: "retrieve".into(),

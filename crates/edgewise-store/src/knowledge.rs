@@ -444,25 +444,24 @@ impl Knowledge {
     /// Stores chunks (replacing chunks with the same ids) in one transaction. Every vector must be
     /// `embedding` and the collection must hold `embedding`.
     pub fn upsert(&self, name: &str, embedding: &EmbeddingId, chunks: &[NewChunk]) -> Result<()> {
-        let info = self.collection(name)?;
-        Self::check_embedding(&info, embedding)?;
-        for c in chunks {
-            if c.vector.len() != info.embedding.dimension {
-                return Err(KnowledgeError::EmbeddingMismatch {
-                    collection: name.into(),
-                    expected: info.embedding.to_string(),
-                    got: format!("a {}-d vector for chunk '{}'", c.vector.len(), c.id),
-                    hint: "",
-                });
-            }
-            if c.id.is_empty() {
-                return Err(KnowledgeError::Invalid {
-                    what: "chunk id".into(),
-                    message: "empty".into(),
-                });
-            }
-        }
         self.write(name, |w| {
+            Self::check_embedding(&w.info, embedding)?;
+            for c in chunks {
+                if c.vector.len() != w.info.embedding.dimension {
+                    return Err(KnowledgeError::EmbeddingMismatch {
+                        collection: name.into(),
+                        expected: w.info.embedding.to_string(),
+                        got: format!("a {}-d vector for chunk '{}'", c.vector.len(), c.id),
+                        hint: "",
+                    });
+                }
+                if c.id.is_empty() {
+                    return Err(KnowledgeError::Invalid {
+                        what: "chunk id".into(),
+                        message: "empty".into(),
+                    });
+                }
+            }
             for c in chunks {
                 let stamp = w.next_stamp();
                 w.put(
@@ -499,7 +498,7 @@ impl Knowledge {
     /// Ids of the live chunks from `source`, in id order.
     pub fn source_chunks(&self, name: &str, source: &str) -> Result<Vec<String>> {
         Ok(self
-            .scan(name)?
+            .scan(name, false)?
             .into_iter()
             .filter(|(_, h, _)| !h.deleted && h.source == source)
             .map(|(id, _, _)| id)
@@ -556,8 +555,17 @@ impl Knowledge {
     /// Runs `f` in one write transaction of collection `name`, then stores the updated
     /// collection record (counts, version vector, generation) in the same transaction.
     fn write(&self, name: &str, f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<()> {
-        let info = self.collection(name)?;
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        // Read inside the write transaction: writers are serialised, so counts, version vector
+        // and generation never go back.
+        let info: CollectionInfo = {
+            let t = tx.open_table(COLLECTIONS).map_err(|e| self.err(e))?;
+            let v = t
+                .get(name)
+                .map_err(|e| self.err(e))?
+                .ok_or_else(|| KnowledgeError::NoCollection { name: name.into() })?;
+            serde_json::from_str(v.value()).map_err(|e| self.err(e))?
+        };
         let mut w = Writer {
             tx: &tx,
             info,
@@ -627,8 +635,8 @@ impl Knowledge {
         self.index_dir.join(format!("{name}.usearch"))
     }
 
-    /// Every record of a collection: (id, header, vector bytes).
-    fn scan(&self, name: &str) -> Result<Vec<(String, Header, Vec<f32>)>> {
+    /// Every record of a collection: (id, header, vector; empty unless `vectors`).
+    fn scan(&self, name: &str, vectors: bool) -> Result<Vec<(String, Header, Vec<f32>)>> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = match tx.open_table(CHUNKS) {
             Ok(t) => t,
@@ -645,7 +653,12 @@ impl Knowledge {
             let bytes = v.value();
             let (header, vector) = decode_header(bytes)
                 .ok_or_else(|| self.err(format!("chunk '{id}' of '{name}' is corrupt")))?;
-            out.push((id.to_owned(), header, decode_vector(vector)));
+            let vector = if vectors {
+                decode_vector(vector)
+            } else {
+                Vec::new()
+            };
+            out.push((id.to_owned(), header, vector));
         }
         Ok(out)
     }
@@ -666,8 +679,15 @@ impl Knowledge {
             collection: info.name.clone(),
             message,
         };
-        let records = self.scan(&info.name)?;
-        let live: Vec<_> = records.into_iter().filter(|(_, h, _)| !h.deleted).collect();
+        let live_of = |vectors| -> Result<Vec<_>> {
+            Ok(self
+                .scan(&info.name, vectors)?
+                .into_iter()
+                .filter(|(_, h, _)| !h.deleted)
+                .collect())
+        };
+        // Vectors are read only when the saved index cannot be used.
+        let mut live: Vec<(String, Header, Vec<f32>)> = live_of(false)?;
         let saved = self.index_file(&info.name);
         let stamp = saved.with_extension("generation");
         let restored = std::fs::read_to_string(&stamp)
@@ -682,6 +702,7 @@ impl Knowledge {
                 i
             }
             None => {
+                live = live_of(true)?;
                 let index =
                     new_index(info.embedding.dimension, live.len() + 64).map_err(&index_err)?;
                 add_parallel(&index, live.iter().map(|(_, h, v)| (h.key, v.as_slice())))
@@ -839,7 +860,7 @@ impl Knowledge {
     /// Live chunks in id order with their vectors (for re-embedding and checks).
     pub fn chunks(&self, name: &str) -> Result<Vec<(Hit, Vec<f32>)>> {
         Ok(self
-            .scan(name)?
+            .scan(name, true)?
             .into_iter()
             .filter(|(_, h, _)| !h.deleted)
             .map(|(id, h, v)| {
@@ -862,7 +883,7 @@ impl Knowledge {
     /// Returns the number of live chunks.
     pub fn check(&self, name: &str) -> Result<u64> {
         let info = self.collection(name)?;
-        let records = self.scan(name)?;
+        let records = self.scan(name, true)?;
         let problem = |message: String| KnowledgeError::Invalid {
             what: format!("collection '{name}'"),
             message,
@@ -911,7 +932,7 @@ impl Knowledge {
             return Err(KnowledgeError::Private { name: name.into() });
         }
         let changes = self
-            .scan(name)?
+            .scan(name, true)?
             .into_iter()
             .filter(|(_, h, _)| since.get(&h.stamp.node).copied().unwrap_or(0) < h.stamp.counter)
             .map(|(id, h, vector)| Change {

@@ -287,8 +287,9 @@ impl Tool for KvTool {
 }
 
 /// Runs a (blocking, fsyncing) store operation off the async runtime's threads.
-async fn off_runtime<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, edgewise_store::StoreError> + Send + 'static,
+/// Runs a blocking store operation (redb commits fsync) off the async runtime.
+async fn off_runtime<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    op: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ToolError> {
     tokio::task::spawn_blocking(op)
         .await
@@ -353,21 +354,24 @@ impl Tool for DocTool {
             .get("key")
             .and_then(Value::as_str)
             .unwrap_or_default()
-            .trim();
-        let failed = |e: edgewise_store::DocError| ToolError::Failed(e.to_string());
+            .trim()
+            .to_owned();
+        let (docs, document) = (self.docs.clone(), self.document.clone());
         if self.write {
             let value = args.get("value").cloned().unwrap_or(Value::Null);
             if key.is_empty() {
                 return Err(ToolError::Refused("`key` is empty".into()));
             }
-            self.docs.set(&self.document, key, &value).map_err(failed)?;
+            let (k, v) = (key.clone(), value.clone());
+            off_runtime(move || docs.set(&document, &k, &v)).await?;
             return Ok(format!("{}: {key} = {value}", self.document));
         }
         if key.is_empty() {
-            let all = self.docs.entries(&self.document).map_err(failed)?;
+            let all = off_runtime(move || docs.entries(&document)).await?;
             return Ok(serde_json::to_string(&all).unwrap_or_default());
         }
-        match self.docs.get(&self.document, key).map_err(failed)? {
+        let k = key.clone();
+        match off_runtime(move || docs.get(&document, &k)).await? {
             Some(e) => Ok(serde_json::to_string(&e).unwrap_or_default()),
             None => Ok(format!("{}: no value for {key}", self.document)),
         }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use edgewise_infer::{LazyEmbedder, ToolSpec};
-use edgewise_store::knowledge::{EmbeddingId, Filter};
 use serde_json::Value;
 
 use super::{Tool, ToolError};
@@ -41,28 +40,14 @@ impl Tool for SearchKnowledgeTool {
             .and_then(Value::as_u64)
             .map(|k| (k as usize).clamp(1, MAX_K))
             .unwrap_or(DEFAULT_K);
-        let embedder = self.embedder.clone().ok_or_else(|| {
-            ToolError::Failed(
-                "this node has no embedding model; run `edgewise pull all-minilm-l6-v2`".into(),
-            )
-        })?;
-        let knowledge = self.knowledge.clone();
-        let collection = self.collection.clone();
-        let hits = tokio::task::spawn_blocking(move || {
-            let e = embedder.get().map_err(|e| e.to_string())?;
-            let embedding = EmbeddingId::current(&embedder.name, e.dimension());
-            let q = e
-                .embed(std::slice::from_ref(&query))
-                .map_err(|e| e.to_string())?
-                .pop()
-                .ok_or("the embedder returned no vector")?;
-            let k_store = knowledge.get().map_err(|e| e.to_string())?;
-            k_store
-                .search(&collection, &embedding, &q, k, &Filter::new())
-                .map_err(|e| e.to_string())
-        })
+        let hits = crate::knowledge::search(
+            self.knowledge.clone(),
+            self.embedder.clone(),
+            &self.collection,
+            &query,
+            k,
+        )
         .await
-        .map_err(|e| ToolError::Failed(e.to_string()))?
         .map_err(ToolError::Failed)?;
         if hits.is_empty() {
             return Ok(format!("No passages in '{}'.", self.collection));
