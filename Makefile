@@ -61,6 +61,7 @@ test: models venv components
 
 bench: models
 	bash bench/llama-bench-compare.sh $(BIN)
+	bash bench/vector-compare.sh $(BIN) --n 100000 --dim 384
 
 fmt:
 	$(CARGO) fmt --all

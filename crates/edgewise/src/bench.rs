@@ -46,6 +46,9 @@ enum BenchWhat {
     /// Wasm component call latency (p50/p99 of instantiate + invoke of calc) against spawning a
     /// native process per call.
     Wasm(crate::bench_wasm::WasmBenchArgs),
+    /// The knowledge collections' HNSW index: recall@k against exact search, query latency,
+    /// build time and memory, on synthetic embeddings (see bench/vector-compare.sh for FAISS).
+    Vector(crate::bench_vector::VectorBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -116,6 +119,7 @@ pub fn run(node: &Node, a: BenchArgs) -> Result<()> {
     match a.what {
         Some(BenchWhat::Agent(args)) => return crate::bench_agent::run(node, args),
         Some(BenchWhat::Wasm(args)) => return crate::bench_wasm::run(node, args),
+        Some(BenchWhat::Vector(args)) => return crate::bench_vector::run(args),
         None => {}
     }
     if a.pp == 0 && a.tg == 0 {

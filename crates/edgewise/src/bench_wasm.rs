@@ -36,15 +36,15 @@ const EXPRESSION: &str = "1234*5678";
 const ANSWER: &str = "7006652";
 
 #[derive(Serialize)]
-struct Latency {
-    calls: u32,
-    p50_us: f64,
-    p99_us: f64,
-    mean_us: f64,
+pub(crate) struct Latency {
+    pub calls: u32,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub mean_us: f64,
 }
 
 impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort();
         let at = |q: f64| {
             let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
