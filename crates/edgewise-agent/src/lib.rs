@@ -10,6 +10,7 @@
 
 pub mod cloud;
 pub mod components;
+mod conversation;
 pub mod egress;
 mod error;
 pub mod eval;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cloud::{CloudError, CloudModel, CloudRequest};
+use crate::conversation::{summary_request, Conversation, Fold};
 use crate::runs::{RunRecord, RunStore};
 use crate::tools::{openai_tool, ToolContext, ToolError, ToolRegistry};
 use crate::AgentError;
@@ -88,6 +89,8 @@ pub struct RunOutcome {
     pub answer: Option<String>,
     pub error: Option<String>,
     pub cached: bool,
+    /// Times older turns were summarised to fit the context window.
+    pub summaries: u32,
     pub steps: Vec<StepRecord>,
 }
 
@@ -202,6 +205,7 @@ impl Agent {
             &mem.collection,
             task,
             mem.passages.max(1),
+            Default::default(),
         )
         .await
         .map_err(|e| format!("memory.knowledge: {e}"))?;
@@ -336,6 +340,7 @@ impl Agent {
             answer: None,
             error: None,
             cached: false,
+            summaries: 0,
             steps: Vec::new(),
         };
         emit(StepEvent::Started {
@@ -433,8 +438,6 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let spec = &self.spec;
         let limits = &spec.limits;
-        let mut messages = vec![json!({"role": "system", "content": self.system_prompt()})];
-        messages.extend(self.history()?);
         let task_with_passages = match self.with_knowledge(task, &record.run).await {
             Ok(t) => t,
             Err(message) => {
@@ -443,7 +446,8 @@ impl Agent {
                 return Ok(());
             }
         };
-        messages.push(json!({"role": "user", "content": task_with_passages}));
+        let mut conversation =
+            Conversation::new(self.system_prompt(), self.history()?, task_with_passages);
         let tools_json = self.tools.openai_tools();
         let all_tools = self.tools.specs();
         let mut calls_by_tool: BTreeMap<String, u32> = BTreeMap::new();
@@ -500,6 +504,16 @@ impl Agent {
             } else {
                 &offered
             };
+            if let Err(message) = self
+                .fit_context(&mut conversation, &tools_json, record, step, seed)
+                .instrument(span.clone())
+                .await
+            {
+                record.status = RunStatus::Failed;
+                record.error = Some(format!("step {step}: {message}"));
+                return Ok(());
+            }
+            let messages = conversation.messages();
             let started = Instant::now();
             let gen = match self
                 .generate_step(
@@ -580,8 +594,7 @@ impl Agent {
                     Some("identical to an earlier successful call; not executed".into()),
                     emit,
                 )?;
-                messages.push(json!({"role": "assistant", "content": output}));
-                messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
+                conversation.push_turn(&output, &call.name, &observation);
                 continue;
             }
             let result = if !within_budget && all_tools.iter().any(|t| t.name == call.name) {
@@ -622,10 +635,7 @@ impl Agent {
                     return Ok(());
                 }
             }
-            // The model's own text is kept verbatim so the next prompt extends this one token for
-            // token and the KV cache of the whole conversation is reused.
-            messages.push(json!({"role": "assistant", "content": output}));
-            messages.push(json!({"role": "tool", "name": call.name, "content": observation}));
+            conversation.push_turn(&output, &call.name, &observation);
         }
         record.status = RunStatus::StepLimit;
         record.error = Some(format!(
@@ -688,7 +698,7 @@ impl Agent {
     ) -> Result<Generated, String> {
         let spec = &self.spec;
         let temperature = spec.model_config.temperature.unwrap_or(0.2);
-        let max_tokens = spec.model_config.max_tokens.unwrap_or(DEFAULT_STEP_TOKENS);
+        let max_tokens = self.step_tokens();
         let Some(engine) = &self.engine else {
             return self
                 .offload(
@@ -700,14 +710,7 @@ impl Agent {
                 )
                 .await;
         };
-        let template = engine.template();
-        let prompt = template
-            .render(
-                messages,
-                (!tools_json.is_empty() && template.supports_tools()).then_some(tools_json),
-                true,
-            )
-            .map_err(|e| format!("chat template: {e}"))?;
+        let prompt = render(engine, messages, tools_json)?;
         let mut req = GenerateRequest::new(prompt.clone());
         req.max_tokens = max_tokens;
         // The engine checks the window on the prompt it tokenizes anyway, and stops the answer at
@@ -757,6 +760,133 @@ impl Agent {
             .await
     }
 
+    fn step_tokens(&self) -> u32 {
+        self.spec
+            .model_config
+            .max_tokens
+            .unwrap_or(DEFAULT_STEP_TOKENS)
+    }
+
+    /// The memory manager: while the next prompt plus room for the answer would not fit the
+    /// context window, older turns are summarised by the model and replaced by the summary
+    /// (first keeping the last turn verbatim, then folding it too). Local engine only: a cloud
+    /// endpoint has a window of its own. If the prompt still does not fit, the step fails or
+    /// offloads as before.
+    async fn fit_context(
+        &self,
+        conversation: &mut Conversation,
+        tools_json: &[Value],
+        record: &mut RunRecord,
+        step: u32,
+        seed: u32,
+    ) -> Result<(), String> {
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        let window = self.context_window(engine);
+        // Room kept for the answer; a quarter of the window at most, so a large max_tokens on a
+        // small window does not fold away every observation.
+        let answer_room = self.step_tokens().min(window / 4);
+        for keep_last in [true, false] {
+            let prompt = render(engine, &conversation.messages(), tools_json)?;
+            let tokens = count_tokens(engine, prompt).await?;
+            if tokens as u32 + answer_room <= window {
+                return Ok(());
+            }
+            let Some(fold) = conversation.fold(keep_last) else {
+                continue;
+            };
+            let started = Instant::now();
+            let (summary, summary_prompt) = self
+                .summarise(engine, conversation.task(), &fold, window, seed)
+                .await?;
+            let detail = format!(
+                "{} earlier messages replaced by a summary: the prompt ({tokens} tokens) and {answer_room} tokens for the answer exceed the context window ({window} tokens)",
+                fold.messages
+            );
+            tracing::info!(
+                step,
+                tokens,
+                window,
+                messages = fold.messages,
+                "summarised older turns"
+            );
+            self.audit(AuditRecord {
+                kind: "summarise".into(),
+                run: record.run.clone(),
+                step: Some(step),
+                model: Some(record.model.clone()),
+                prompt_sha256: Some(sha256_hex(summary_prompt.as_bytes())),
+                result: Some(summary.clone()),
+                result_sha256: Some(sha256_hex(summary.as_bytes())),
+                result_bytes: Some(summary.len() as u64),
+                decision: "summarise".into(),
+                detail: Some(detail),
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+            conversation.apply(fold, summary);
+            record.summaries += 1;
+        }
+        Ok(())
+    }
+
+    /// The tokens one request of this agent may hold on `engine`.
+    fn context_window(&self, engine: &Engine) -> u32 {
+        let node = engine.context_per_request();
+        self.spec
+            .model_config
+            .context_window
+            .map_or(node, |w| w.min(node))
+    }
+
+    /// Asks the model to condense `fold`; returns the summary and the prompt it was made from.
+    /// Each message is cut short enough for the request to fit the window with room for the
+    /// summary.
+    async fn summarise(
+        &self,
+        engine: &Arc<Engine>,
+        task: &str,
+        fold: &Fold,
+        window: u32,
+        seed: u32,
+    ) -> Result<(String, String), String> {
+        let summary_tokens = (window / 4).clamp(64, 256);
+        let mut max_chars = 2000usize;
+        let mut prompt = String::new();
+        for _ in 0..4 {
+            let request = summary_request(task, fold, max_chars, summary_tokens * 2 / 3);
+            prompt = render(engine, &request, &[])?;
+            let tokens = count_tokens(engine, prompt.clone()).await? as u32;
+            if tokens + summary_tokens <= window {
+                break;
+            }
+            let share = (window - summary_tokens) as f64 / tokens as f64;
+            max_chars = ((max_chars as f64 * share * 0.9) as usize).max(40);
+        }
+        let mut req = GenerateRequest::new(prompt.clone());
+        req.max_tokens = summary_tokens;
+        req.context_limit = Some(window);
+        req.sampling = SamplingParams {
+            temperature: 0.2,
+            seed,
+            ..SamplingParams::default()
+        };
+        let summary = generate(engine, req)
+            .await
+            .map_err(|e| format!("summarising the earlier conversation: {e}"))?
+            .text
+            .trim()
+            .to_owned();
+        if summary.is_empty() {
+            return Err(
+                "summarising the earlier conversation: the model wrote nothing; raise model_config.context_window".into(),
+            );
+        }
+        Ok((summary, prompt))
+    }
+
     /// The step on the cloud endpoint (when the agent may use it), retried up to
     /// `workflow_policy.max_retries` times with backoff; an open breaker ends the retries at once.
     async fn offload(
@@ -777,11 +907,7 @@ impl Agent {
             tools: &tools_json,
             choice,
             temperature: self.spec.model_config.temperature.unwrap_or(0.2),
-            max_tokens: self
-                .spec
-                .model_config
-                .max_tokens
-                .unwrap_or(DEFAULT_STEP_TOKENS),
+            max_tokens: self.step_tokens(),
             seed,
         };
         let attempts = self.spec.workflow_policy.max_retries + 1;
@@ -842,6 +968,27 @@ impl Agent {
     }
 }
 
+/// The prompt for `messages` in the model's own chat template.
+fn render(engine: &Engine, messages: &[Value], tools_json: &[Value]) -> Result<String, String> {
+    let template = engine.template();
+    template
+        .render(
+            messages,
+            (!tools_json.is_empty() && template.supports_tools()).then_some(tools_json),
+            true,
+        )
+        .map_err(|e| format!("chat template: {e}"))
+}
+
+/// Tokenizes on the engine thread, off the async runtime.
+async fn count_tokens(engine: &Arc<Engine>, text: String) -> Result<usize, String> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.count_tokens(&text))
+        .await
+        .map_err(|e| format!("counting tokens: {e}"))?
+        .map_err(|e| format!("counting tokens: {e}"))
+}
+
 /// What one model turn produced, wherever it ran.
 struct Generated {
     text: String,
@@ -876,6 +1023,7 @@ fn outcome_of(r: &RunRecord) -> RunOutcome {
         answer: r.answer.clone(),
         error: r.error.clone(),
         cached: r.cached,
+        summaries: r.summaries,
         steps: r.steps.clone(),
     }
 }

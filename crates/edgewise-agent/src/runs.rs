@@ -24,6 +24,9 @@ pub struct RunRecord {
     pub answer: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Times older turns were summarised to keep the conversation within the context window.
+    #[serde(default)]
+    pub summaries: u32,
     /// Answered from the result cache without running.
     #[serde(default)]
     pub cached: bool,

@@ -97,6 +97,7 @@ pub struct Engine {
     /// Requests submitted and not yet finished; bounded by slots + queue_depth.
     in_flight: Arc<AtomicUsize>,
     limit: usize,
+    context_per_request: u32,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -157,6 +158,7 @@ impl Engine {
             ChatTemplate::new(CHATML, &bos, &eos)
         })?;
         let limit = cfg.slots as usize + cfg.queue_depth;
+        let context_per_request = cfg.context_per_request;
         Ok(Self {
             commands: tx,
             info,
@@ -164,12 +166,19 @@ impl Engine {
             stats,
             in_flight,
             limit,
+            context_per_request,
             thread: Some(thread),
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The most tokens one request may hold (prompt and answer); a request's own
+    /// `context_limit` can only lower it.
+    pub fn context_per_request(&self) -> u32 {
+        self.context_per_request
     }
 
     pub fn template(&self) -> &ChatTemplate {

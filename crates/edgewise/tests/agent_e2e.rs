@@ -898,3 +898,95 @@ fn cloud_fallback_serves_only_agents_allowed_egress_and_its_breaker_opens() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+const LONG_READER: &str = r#"agent_id: "long-reader"
+version: "1"
+runtime:
+  type: native
+model_config:
+  context_window: 1024
+  max_tokens: 256
+capabilities:
+  - name: read_file
+    endpoint: "builtin:read_file"
+    root: logs
+instructions: "You read the shift logs the user names with read_file, one file per call, in the order given, then answer in one line."
+limits:
+  min_tool_calls: 3
+  max_steps: 8
+"#;
+
+/// Logs of ~415 tokens each do not fit a 1,024-token window together: the run goes on because
+/// older turns are summarised by the model (audited as `summarise`), and no step's prompt exceeds
+/// the window.
+#[test]
+fn a_run_that_overflows_the_context_window_completes_through_summarisation() {
+    let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let home = home();
+    let logs = home.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let shift = |name: &str, valve: &str| {
+        let mut s = format!("Shift log {name}.\n");
+        for hour in 0..12 {
+            s.push_str(&format!(
+                "{hour:02}:00 pump P-{hour} pressure {} bar, flow {} l/min, valve {valve} checked by operator {}.\n",
+                3 + hour % 5,
+                110 + hour * 3,
+                ["Ana", "Ben", "Chen", "Dita"][hour % 4]
+            ));
+        }
+        s
+    };
+    for (file, valve) in [("a.log", "V-1"), ("b.log", "V-7"), ("c.log", "V-3")] {
+        std::fs::write(logs.join(file), shift(file, valve)).unwrap();
+    }
+    let spec = home.path().join("reader.yaml");
+    std::fs::write(&spec, LONG_READER).unwrap();
+    let out = edgewise(home.path())
+        .args(["agent", "run", "--json", "--seed", "1"])
+        .arg(&spec)
+        .arg("Use read_file on a.log. Then use read_file on b.log. Then use read_file on c.log. Then say which valves were checked.")
+        .output()
+        .unwrap();
+    let outcome: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON outcome ({e}): {}", text(&out)));
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert!(
+        outcome["summaries"].as_u64().unwrap_or(0) >= 1,
+        "nothing was summarised: {outcome}"
+    );
+    let steps = outcome["steps"].as_array().cloned().unwrap_or_default();
+    // Two different logs read: the system prompt (~240 tokens) and two logs (~415 tokens each)
+    // are more than the window, so without a summary the run could not have gone on.
+    let read: std::collections::BTreeSet<String> = steps
+        .iter()
+        .filter(|s| s["decision"] == "call")
+        .filter_map(|s| s["arguments"]["path"].as_str().map(str::to_owned))
+        .collect();
+    assert!(read.len() >= 2, "the run read only {read:?}: {outcome}");
+    for s in &steps {
+        assert!(s["prompt_tokens"].as_u64().unwrap_or(0) < 1024, "{s}");
+    }
+    let run = outcome["run"].as_str().unwrap();
+    let out = edgewise(home.path())
+        .args(["audit", "show", "--json", "--run", run])
+        .output()
+        .unwrap();
+    let summaries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["decision"] == "summarise")
+        .collect();
+    assert_eq!(
+        summaries.len() as u64,
+        outcome["summaries"].as_u64().unwrap_or(0),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        summaries
+            .iter()
+            .all(|e| !e["result"].as_str().unwrap_or("").is_empty()),
+        "{summaries:?}"
+    );
+}
