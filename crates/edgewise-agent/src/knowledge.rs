@@ -7,11 +7,11 @@
 //! as stored only when all its chunks are: an interrupted add leaves whole chunks and is redone
 //! by the next add.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use edgewise_infer::{Embedder, LazyEmbedder};
-use edgewise_store::knowledge::{EmbeddingId, Hit, NewChunk};
+use edgewise_store::knowledge::{EmbeddingId, Filter, Hit, NewChunk};
 use edgewise_store::{Knowledge, KnowledgeError};
 use serde_json::{Map, Value};
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
@@ -19,40 +19,17 @@ use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 /// Chunks embedded and stored per transaction.
 const BATCH: usize = 32;
 
-/// The node's vector memory, opened on first use so processes that never touch it do not hold
-/// its lock. A failed open is retried on the next use.
-pub struct KnowledgeSlot {
-    dir: PathBuf,
-    open: Mutex<Option<Arc<Knowledge>>>,
-}
+pub use edgewise_store::knowledge::KnowledgeSlot;
 
-impl KnowledgeSlot {
-    pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            open: Mutex::new(None),
-        }
-    }
-
-    pub fn get(&self) -> Result<Arc<Knowledge>, KnowledgeError> {
-        let mut slot = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = &*slot {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(Knowledge::open(&self.dir)?);
-        *slot = Some(k.clone());
-        Ok(k)
-    }
-}
-
-/// The `k` chunks of `collection` nearest to `query`, embedded with the node's embedding model;
-/// the model and the store work off the async runtime.
+/// The `k` chunks of `collection` nearest to `query` that match `filter`, embedded with the
+/// node's embedding model; the model and the store work off the async runtime.
 pub async fn search(
     knowledge: Arc<KnowledgeSlot>,
     embedder: Option<Arc<LazyEmbedder>>,
     collection: &str,
     query: &str,
     k: usize,
+    filter: Filter,
 ) -> Result<Vec<Hit>, String> {
     let embedder = embedder.ok_or_else(|| {
         "this node has no embedding model; run `edgewise pull all-minilm-l6-v2`".to_string()
@@ -69,7 +46,7 @@ pub async fn search(
         knowledge
             .get()
             .map_err(|e| e.to_string())?
-            .search(&collection, &id, &q, k, &Default::default())
+            .search(&collection, &id, &q, k, &filter)
             .map_err(|e| e.to_string())
     })
     .await

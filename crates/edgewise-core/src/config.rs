@@ -62,6 +62,49 @@ pub struct NodeConfig {
     pub cloud: Option<CloudEndpoint>,
     /// Whether audit records keep raw prompts, arguments and results, or only their digests.
     pub audit_content: AuditContent,
+    /// The offline sync manager: what this node shares with its upstream node, and how.
+    pub sync: Option<SyncConfig>,
+}
+
+/// `sync:` in config.yaml. Only what is listed here ever leaves the node; the lists are the
+/// privacy controls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Base URL of the upstream node's HTTP API, e.g. `http://fog.local:8080`.
+    pub upstream: String,
+    /// Environment variable that holds the upstream's API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Seconds between rounds while `serve` runs; 0 syncs only on request.
+    #[serde(default = "default_sync_interval")]
+    pub interval_s: u64,
+    /// Who wins when a key changed here and upstream since the last sync.
+    #[serde(default)]
+    pub conflict_policy: ConflictPolicy,
+    /// KV namespaces that may leave this node (exact names).
+    #[serde(default)]
+    pub kv_namespaces: Vec<String>,
+    /// Knowledge collections that may leave this node (they must also be shareable).
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// CRDT documents that may leave this node.
+    #[serde(default)]
+    pub documents: Vec<String>,
+}
+
+fn default_sync_interval() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// The upstream's value is kept and copied here (the hub is the authority).
+    #[default]
+    UpstreamWins,
+    /// This node's value overwrites the upstream's.
+    LocalWins,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +162,7 @@ impl Default for NodeConfig {
             task_models: BTreeMap::new(),
             cloud: None,
             audit_content: AuditContent::Raw,
+            sync: None,
         }
     }
 }

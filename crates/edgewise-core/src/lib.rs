@@ -13,7 +13,9 @@ pub mod signing;
 
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
-pub use config::{AuditContent, CloudEndpoint, ConfigError, NodeConfig};
+pub use config::{
+    AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, NodeConfig, SyncConfig,
+};
 pub use grants::{ComponentManifest, FileGrant, Grants, HostInterface};
 pub use paths::DataDir;
 pub use sampling::SamplingParams;

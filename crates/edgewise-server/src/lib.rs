@@ -11,6 +11,7 @@ mod embeddings;
 mod error;
 mod metrics;
 mod openai;
+mod state;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use serde_json::json;
 
 pub use agents::AgentHub;
 pub use error::ApiError;
+pub use state::NodeState;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -33,6 +35,8 @@ pub struct AppState {
     pub(crate) context_per_request: u32,
     /// `None` on a node started without agents.
     pub(crate) agents: Option<Arc<AgentHub>>,
+    /// KV, documents and knowledge; `None` on a node started without agents.
+    pub(crate) node_state: Option<Arc<NodeState>>,
 }
 
 /// Shared by all handlers behind one `Arc`.
@@ -67,12 +71,19 @@ impl AppState {
             }),
             context_per_request,
             agents: None,
+            node_state: None,
         }
     }
 
     /// Serves the agents API from `hub`.
     pub fn with_agents(mut self, hub: Arc<AgentHub>) -> Self {
         self.agents = Some(hub);
+        self
+    }
+
+    /// Serves the state API (`/v1/kv`, `/v1/docs`, `/v1/knowledge`) from `state`.
+    pub fn with_node_state(mut self, state: NodeState) -> Self {
+        self.node_state = Some(Arc::new(state));
         self
     }
 
@@ -125,6 +136,27 @@ pub fn router(state: AppState) -> Router {
             "/v1/components/{name}/events",
             post(components::handle_event),
         )
+        .route("/v1/kv/{ns}", get(state::kv_list))
+        .route(
+            "/v1/kv/{ns}/{key}",
+            get(state::kv_get)
+                .put(state::kv_put)
+                .delete(state::kv_delete),
+        )
+        .route("/v1/docs", get(state::docs_list))
+        .route(
+            "/v1/docs/{name}",
+            get(state::doc_get).patch(state::doc_patch),
+        )
+        .route("/v1/docs/{name}/sync", post(state::doc_sync))
+        .route("/v1/knowledge", get(state::collections))
+        .route("/v1/knowledge/{c}/search", post(state::search))
+        .route("/v1/knowledge/{c}/export", post(state::export))
+        .route(
+            "/v1/knowledge/{c}/import",
+            post(state::import).layer(DefaultBodyLimit::max(256 << 20)),
+        )
+        .route("/v1/sync", get(state::sync_status).post(state::sync_now))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

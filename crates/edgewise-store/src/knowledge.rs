@@ -1102,6 +1102,32 @@ fn add_parallel<'a>(
     })
 }
 
+/// The node's vector memory, opened on first use so processes that never touch it do not hold
+/// its lock. A failed open is retried on the next use.
+pub struct KnowledgeSlot {
+    dir: PathBuf,
+    open: Mutex<Option<Arc<Knowledge>>>,
+}
+
+impl KnowledgeSlot {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            open: Mutex::new(None),
+        }
+    }
+
+    pub fn get(&self) -> Result<Arc<Knowledge>> {
+        let mut slot = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = &*slot {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(Knowledge::open(&self.dir)?);
+        *slot = Some(k.clone());
+        Ok(k)
+    }
+}
+
 /// Builds a standalone index over `vectors` (keys 0..n), on all cores; for benchmarks.
 pub fn build_index(
     dimension: usize,

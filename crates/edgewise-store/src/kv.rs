@@ -1,11 +1,25 @@
 //! Namespaced key-value store on redb. Namespaces isolate agents (`agent:<id>`), components and the
 //! runtime's own records (namespaces starting with `edgewise.`).
+//!
+//! Every key has a version, bumped in the same transaction as each write or removal (a removed
+//! key keeps its version, so a deletion is a change others can see). Versions make conditional
+//! writes (`set_if`, HTTP `If-Match`) and the sync manager's conflict detection possible.
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// (namespace, key) → version: the number of writes and removals the key has seen.
+const VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("kv_versions");
+
+/// One key as `list_versioned` and `set_if` see it; `value` is `None` for a removed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub version: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,12 +72,61 @@ impl Kv {
 
     /// Durable when it returns.
     pub fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.set_if(namespace, key, Some(value), None).map(|_| ())
+    }
+
+    /// Writes (`Some`) or removes (`None`) the key if its version is `expected` (any version when
+    /// `expected` is `None`), in one transaction. `Ok(Ok(new version))` when written;
+    /// `Ok(Err(current))` when the version did not match, with nothing changed.
+    pub fn set_if(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        expected: Option<u64>,
+    ) -> Result<Result<u64, Versioned>, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
+        let outcome = {
             let mut t = tx.open_table(KV).map_err(|e| self.err(e))?;
-            t.insert((namespace, key), value).map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+            let mut versions = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
+            let version = versions
+                .get((namespace, key))
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            match expected {
+                Some(want) if want != version => {
+                    let current = t.get((namespace, key)).map_err(|e| self.err(e))?;
+                    Err(Versioned {
+                        key: key.to_owned(),
+                        value: current.map(|v| v.value().to_vec()),
+                        version,
+                    })
+                }
+                _ => {
+                    let existed = match value {
+                        Some(v) => {
+                            t.insert((namespace, key), v).map_err(|e| self.err(e))?;
+                            true
+                        }
+                        None => t
+                            .remove((namespace, key))
+                            .map_err(|e| self.err(e))?
+                            .is_some(),
+                    };
+                    // Removing an absent key changes nothing and keeps the version.
+                    if existed {
+                        versions
+                            .insert((namespace, key), version + 1)
+                            .map_err(|e| self.err(e))?;
+                        Ok(version + 1)
+                    } else {
+                        Ok(version)
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(outcome)
     }
 
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -79,14 +142,71 @@ impl Kv {
 
     /// Returns whether the key existed.
     pub fn remove(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let existed = {
-            let mut t = tx.open_table(KV).map_err(|e| self.err(e))?;
-            let old = t.remove((namespace, key)).map_err(|e| self.err(e))?;
-            old.is_some()
+        let before = self.version(namespace, key)?;
+        let after = self.set_if(namespace, key, None, None)?;
+        Ok(after != Ok(before))
+    }
+
+    /// The key's version: 0 if it was never written.
+    pub fn version(&self, namespace: &str, key: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(VERSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(self.err(e)),
         };
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(existed)
+        let v = t.get((namespace, key)).map_err(|e| self.err(e))?;
+        Ok(v.map_or(0, |v| v.value()))
+    }
+
+    /// Every key of a namespace that was ever written, removed ones included (value `None`), in
+    /// key order, read in one transaction. Keys written before versions existed show version 0.
+    pub fn list_versioned(&self, namespace: &str) -> Result<Vec<Versioned>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut out: std::collections::BTreeMap<String, Versioned> = Default::default();
+        match tx.open_table(KV) {
+            Ok(values) => {
+                for item in values.range((namespace, "")..).map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let (ns, key) = k.value();
+                    if ns != namespace {
+                        break;
+                    }
+                    let value = Some(v.value().to_vec());
+                    out.insert(
+                        key.to_owned(),
+                        Versioned {
+                            key: key.to_owned(),
+                            value,
+                            version: 0,
+                        },
+                    );
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        match tx.open_table(VERSIONS) {
+            Ok(versions) => {
+                for item in versions.range((namespace, "")..).map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let (ns, key) = k.value();
+                    if ns != namespace {
+                        break;
+                    }
+                    out.entry(key.to_owned())
+                        .or_insert_with(|| Versioned {
+                            key: key.to_owned(),
+                            value: None,
+                            version: 0,
+                        })
+                        .version = v.value();
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Keys and values of one namespace, in key order.
@@ -151,6 +271,38 @@ mod tests {
         assert!(kv.remove("a", "k1").unwrap());
         assert!(!kv.remove("a", "k1").unwrap());
         assert_eq!(kv.get("a", "k1").unwrap(), None);
+    }
+
+    #[test]
+    fn versions_count_changes_and_guard_conditional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("s.redb")).unwrap();
+        assert_eq!(kv.version("n", "k").unwrap(), 0);
+        kv.set("n", "k", b"a").unwrap();
+        assert_eq!(kv.set_if("n", "k", Some(b"b"), Some(1)).unwrap(), Ok(2));
+        let stale = kv
+            .set_if("n", "k", Some(b"c"), Some(1))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            (stale.value.as_deref(), stale.version),
+            (Some(&b"b"[..]), 2)
+        );
+        assert_eq!(kv.get("n", "k").unwrap().as_deref(), Some(&b"b"[..]));
+        // A removal is a change with a version; removing it again is not.
+        assert!(kv.remove("n", "k").unwrap());
+        assert!(!kv.remove("n", "k").unwrap());
+        let listed = kv.list_versioned("n").unwrap();
+        assert_eq!(
+            listed,
+            [Versioned {
+                key: "k".into(),
+                value: None,
+                version: 3
+            }]
+        );
+        // Creating only if absent: expected version of a removed key is its last version.
+        assert_eq!(kv.set_if("n", "new", Some(b"x"), Some(0)).unwrap(), Ok(1));
     }
 
     #[test]

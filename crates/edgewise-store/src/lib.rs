@@ -14,7 +14,7 @@ mod kv;
 pub use audit::{AuditEntry, AuditLog, AuditRecord, ChainBreak};
 pub use docs::{DocError, Documents};
 pub use knowledge::{Knowledge, KnowledgeError};
-pub use kv::{Kv, StoreError};
+pub use kv::{Kv, StoreError, Versioned};
 
 /// Hex sha256 of `bytes`: the digest format used in audit records.
 pub fn sha256_hex(bytes: &[u8]) -> String {

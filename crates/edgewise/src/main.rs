@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_agent;
+mod bench_vector;
 mod bench_wasm;
 mod chat;
 mod component;
@@ -12,6 +13,7 @@ mod kv;
 mod models;
 mod node;
 mod progress;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +77,9 @@ enum Command {
     /// Knowledge collections for RAG: add documents, search, sync deltas.
     #[command(subcommand)]
     Kb(kb::KbCommand),
+    /// Exchange pending changes with the upstream node named in the config's `sync:` section
+    /// (KV namespaces, documents and collections listed there, nothing else).
+    Sync(sync::SyncArgs),
     /// Install, inspect and call Wasm components (tools and agent logic).
     #[command(subcommand)]
     Component(component::ComponentCommand),
@@ -121,8 +126,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => agent::audit(&node, cmd),
         Command::Kv(cmd) => kv::run(&node, cmd),
         Command::Kb(cmd) => kb::run(&node, cmd),
+        Command::Sync(args) => sync::run(&node, args),
         Command::Component(cmd) => component::run(&node, cmd),
         Command::Eval(cmd) => eval::run(&node, cmd),
+    }
+}
+
+/// Sync rounds every `sync.interval_s` while the node serves; a failed round (upstream away)
+/// leaves the changes pending for the next.
+async fn sync_every(syncer: Arc<edgewise_sync::Syncer>) {
+    let every = std::time::Duration::from_secs(syncer.config().interval_s);
+    loop {
+        tokio::time::sleep(every).await;
+        let s = syncer.clone();
+        match tokio::task::spawn_blocking(move || s.sync_once()).await {
+            Ok(Ok(r)) => tracing::info!(
+                pushed = r.kv_pushed,
+                pulled = r.kv_pulled,
+                conflicts = r.kv_conflicts,
+                "sync round done"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "sync round failed"),
+            Err(e) => tracing::warn!(error = %e, "sync round panicked"),
+        }
     }
 }
 
@@ -168,7 +194,7 @@ fn serve(
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
     let mut state = edgewise_server::AppState::new(
         engine.clone(),
-        embedder,
+        embedder.clone(),
         node.config.api_key.clone(),
         node.config.context_per_request,
     );
@@ -177,6 +203,17 @@ fn serve(
         .enable_all()
         .build()?;
     if let Some(host) = host {
+        let syncer = sync::syncer(node, host.kv.clone(), host.knowledge.clone())?.map(Arc::new);
+        if let Some(s) = syncer.clone().filter(|s| s.config().interval_s > 0) {
+            rt.spawn(sync_every(s));
+        }
+        state = state.with_node_state(edgewise_server::NodeState {
+            kv: host.kv.clone(),
+            docs: edgewise_store::Documents::open(host.kv.clone())?,
+            knowledge: host.knowledge.clone(),
+            embedder,
+            sync: syncer,
+        });
         let catalog = node
             .store
             .catalog()

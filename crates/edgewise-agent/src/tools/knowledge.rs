@@ -46,6 +46,7 @@ impl Tool for SearchKnowledgeTool {
             &self.collection,
             &query,
             k,
+            Default::default(),
         )
         .await
         .map_err(ToolError::Failed)?;

@@ -57,7 +57,11 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(home: &Path, config: &Path) -> Serve {
-        let port = free_port();
+        Self::start_on(home, config, free_port())
+    }
+
+    /// On a given port: a node restarted where its peers expect it.
+    pub fn start_on(home: &Path, config: &Path, port: u16) -> Serve {
         let child = edgewise(home)
             .arg("--config")
             .arg(config)
