@@ -789,6 +789,11 @@ impl Agent {
         let answer_room = self.step_tokens().min(window / 4);
         for keep_last in [true, false] {
             let prompt = render(engine, &conversation.messages(), tools_json)?;
+            // A token covers at least one byte (plus BOS and a leading-space marker), so a
+            // prompt this short fits without asking the engine thread to tokenize it.
+            if prompt.len() as u64 + 2 + u64::from(answer_room) <= u64::from(window) {
+                return Ok(());
+            }
             let tokens = count_tokens(engine, prompt).await?;
             if tokens as u32 + answer_room <= window {
                 return Ok(());

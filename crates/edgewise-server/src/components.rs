@@ -67,10 +67,7 @@ fn describe(c: &InstalledComponent, loaded: &LoadedComponent) -> Value {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("component task failed: {e}")))?
-        .map_err(api_error)
+    crate::state::blocking(move || f().map_err(api_error)).await
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -40,13 +40,13 @@ fn node_state(s: &AppState) -> Result<Arc<NodeState>, ApiError> {
     })
 }
 
-/// Runs a store call off the async runtime.
-async fn blocking<T: Send + 'static>(
+/// Runs a store (or sandbox) call off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("state task: {e}")))?
+        .map_err(|e| ApiError::internal(format!("blocking task failed: {e}")))?
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -189,22 +189,25 @@ async fn kv_write(
     }
     let expected = if_match(&headers)?;
     let st = node_state(&s)?;
-    let removing = value.is_none();
     let (n, k) = (ns.clone(), key.clone());
-    let (before, outcome) = blocking(move || {
-        let before = st.kv.version(&n, &k).map_err(store_error)?;
-        let outcome = st
-            .kv
-            .set_if(&n, &k, value.as_deref(), expected)
-            .map_err(store_error)?;
-        Ok((before, outcome))
+    let outcome = blocking(move || {
+        match value {
+            Some(v) => st
+                .kv
+                .set_if(&n, &k, Some(&v), expected)
+                .map(|r| r.map(Some)),
+            None => st.kv.remove_if(&n, &k, expected),
+        }
+        .map_err(store_error)
     })
     .await?;
     match outcome {
-        Ok(version) if removing && version == before && expected.is_none() => Err(
-            ApiError::not_found(format!("no key '{key}' in namespace '{ns}'")),
-        ),
+        // Removing an absent key without a version to check: nothing was there.
+        Ok(None) if expected.is_none() => Err(ApiError::not_found(format!(
+            "no key '{key}' in namespace '{ns}'"
+        ))),
         Ok(version) => {
+            let version = version.unwrap_or(expected.unwrap_or_default());
             let mut r =
                 Json(json!({"namespace": ns, "key": key, "version": version})).into_response();
             r.headers_mut().insert(header::ETAG, etag(version));

@@ -85,6 +85,32 @@ impl Kv {
         value: Option<&[u8]>,
         expected: Option<u64>,
     ) -> Result<Result<u64, Versioned>, StoreError> {
+        Ok(self
+            .write(namespace, key, value, expected)?
+            .map(|(version, _)| version))
+    }
+
+    /// Removes the key if its version is `expected` (any when `None`): `Ok(Some(new version))`
+    /// when it was there, `Ok(None)` when it was absent (nothing changes).
+    pub fn remove_if(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<Result<Option<u64>, Versioned>, StoreError> {
+        Ok(self
+            .write(namespace, key, None, expected)?
+            .map(|(version, changed)| changed.then_some(version)))
+    }
+
+    /// `set_if` that also says whether anything changed (a removal of an absent key does not).
+    fn write(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        expected: Option<u64>,
+    ) -> Result<Result<(u64, bool), Versioned>, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let outcome = {
             let mut t = tx.open_table(KV).map_err(|e| self.err(e))?;
@@ -118,9 +144,9 @@ impl Kv {
                         versions
                             .insert((namespace, key), version + 1)
                             .map_err(|e| self.err(e))?;
-                        Ok(version + 1)
+                        Ok((version + 1, true))
                     } else {
-                        Ok(version)
+                        Ok((version, false))
                     }
                 }
             }
@@ -142,9 +168,7 @@ impl Kv {
 
     /// Returns whether the key existed.
     pub fn remove(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
-        let before = self.version(namespace, key)?;
-        let after = self.set_if(namespace, key, None, None)?;
-        Ok(after != Ok(before))
+        Ok(matches!(self.remove_if(namespace, key, None)?, Ok(Some(_))))
     }
 
     /// The key's version: 0 if it was never written.

@@ -304,7 +304,9 @@ pub fn run(a: VectorBenchArgs) -> Result<()> {
         r.expansion_add,
         r.expansion_search,
         r.n,
-        a.distribution_name(),
+        a.distribution
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned()),
         r.dim
     );
     println!(
@@ -330,15 +332,6 @@ pub fn run(a: VectorBenchArgs) -> Result<()> {
         println!("vectors written to {}", dir.display());
     }
     Ok(())
-}
-
-impl VectorBenchArgs {
-    fn distribution_name(&self) -> &'static str {
-        match self.distribution {
-            Distribution::Clustered => "clustered",
-            Distribution::Uniform => "uniform",
-        }
-    }
 }
 
 #[cfg(test)]
