@@ -14,6 +14,7 @@ use llama_cpp_2::model::LlamaModel;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::bench::BenchReport;
+use crate::residency;
 use crate::scheduler::{Command, Scheduler};
 use crate::template::{ChatTemplate, CHATML};
 use crate::{Completion, Event, GenerateRequest, InferError};
@@ -339,13 +340,21 @@ fn engine_thread(
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
         .with_kv_unified(true);
-    let ctx = match model.new_context(backend, ctx_params) {
+    let mut ctx = match model.new_context(backend, ctx_params) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(load_err(format!("cannot create context: {e}"))));
             return;
         }
     };
+    match residency::release_file_pages(&cfg.model_path) {
+        Ok(bytes) => tracing::debug!(bytes, "released the model mapping's pages before warm-up"),
+        Err(e) => tracing::warn!(error = %e, "cannot release the model mapping's pages"),
+    }
+    if let Err(e) = residency::warm_up(&model, &mut ctx) {
+        let _ = ready.send(Err(load_err(format!("warm-up decode failed: {e}"))));
+        return;
+    }
     let vocab = model.vocab();
     let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let bos = if vocab.bos().0 >= 0 {

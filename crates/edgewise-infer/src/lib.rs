@@ -12,6 +12,7 @@ mod engine;
 mod error;
 pub mod grammar;
 mod request;
+mod residency;
 mod scheduler;
 pub mod template;
 mod text_stream;

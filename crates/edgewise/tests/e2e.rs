@@ -142,7 +142,15 @@ fn openai_client_works_against_serve() {
     let _g = MODEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let home = models_home();
     let server = Server::start(&home, None, &[]);
-    // Idle with the default model loaded: RSS within model size + 200 MB.
+    // Idle with the default model loaded, after it has served a chat request (so the pages a
+    // generation touches are resident): RSS within model size + 200 MB.
+    let (status, _, body) = http(
+        server.port,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"qwen2.5-coder-0.5b-instruct","messages":[{"role":"user","content":"Write a poem about the sea."}],"max_tokens":64,"temperature":1.0,"seed":7}"#,
+    );
+    assert_eq!(status, 200, "{body}");
     let model_bytes = std::fs::metadata(home.join("models/qwen2.5-coder-0.5b-instruct/model.gguf"))
         .unwrap()
         .len();
