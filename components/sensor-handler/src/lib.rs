@@ -1,6 +1,8 @@
 //! `sensor-handler`: seed 002's agent logic as a component. For each sensor reading it logs,
 //! asks the node's model for a prediction (JSON-constrained), stores the prediction in its KV
-//! bucket under the sensor's id, and returns it.
+//! bucket under the sensor's id, and returns it. When granted the shared document `plant`
+//! (bucket `doc:plant`), it also sets `<sensor>/status` there, keeping the status it replaces as
+//! `<sensor>/previous_status`, so other agents and nodes see the plant's state.
 
 wit_bindgen::generate!({ world: "agent", path: "../../wit", generate_all });
 
@@ -12,6 +14,7 @@ use wasi::logging::logging::{log, Level};
 struct SensorHandler;
 
 const BUCKET: &str = "predictions";
+const PLANT: &str = "doc:plant";
 const SCHEMA: &str = r#"{"type":"object","properties":{"status":{"type":"string","enum":["normal","warning","critical"]},"reason":{"type":"string"}},"required":["status","reason"],"additionalProperties":false}"#;
 
 impl Guest for SensorHandler {
@@ -44,8 +47,32 @@ impl Guest for SensorHandler {
             .set(&sensor, prediction.as_bytes())
             .map_err(|e| format!("kv set {sensor}: {e:?}"))?;
         log(Level::Info, "sensor-handler", &format!("prediction for {sensor}: {prediction}"));
+        update_plant(&sensor, &prediction)?;
         Ok(prediction)
     }
+}
+
+/// Shared world state: `<sensor>/status` in the document `plant`; skipped when not granted.
+fn update_plant(sensor: &str, prediction: &str) -> Result<(), String> {
+    let plant = match store::open(PLANT) {
+        Ok(bucket) => bucket,
+        Err(store::Error::AccessDenied) => return Ok(()),
+        Err(e) => return Err(format!("kv open {PLANT}: {e:?}")),
+    };
+    let status = serde_json::from_str::<serde_json::Value>(prediction)
+        .ok()
+        .and_then(|p| p.get("status").cloned())
+        .ok_or_else(|| format!("the prediction has no status: {prediction}"))?;
+    let key = format!("{sensor}/status");
+    if let Some(previous) = plant.get(&key).map_err(|e| format!("kv get {key}: {e:?}"))? {
+        let previous_key = format!("{sensor}/previous_status");
+        plant
+            .set(&previous_key, &previous)
+            .map_err(|e| format!("kv set {previous_key}: {e:?}"))?;
+    }
+    plant
+        .set(&key, status.to_string().as_bytes())
+        .map_err(|e| format!("kv set {key}: {e:?}"))
 }
 
 export!(SensorHandler);

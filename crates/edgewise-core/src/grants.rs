@@ -19,7 +19,8 @@ pub struct Grants {
     /// Host interfaces the component may call: `logging`, `keyvalue`, `inference`, `tools`,
     /// `events`.
     pub interfaces: BTreeSet<HostInterface>,
-    /// Key-value buckets it may open (each is a namespace of its own per component).
+    /// Key-value buckets it may open: each a namespace of its own per component, or `doc:NAME`,
+    /// the node's shared CRDT document NAME.
     pub kv_buckets: Vec<String>,
     /// MQTT topics it may publish to through `events`.
     pub topics: Vec<String>,

@@ -35,6 +35,12 @@ pub trait HostServices: Send + Sync {
     fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
     fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String>;
     fn kv_keys(&self, namespace: &str) -> Result<Vec<String>, String>;
+    /// The winning value of `key` in the shared CRDT document `document`.
+    fn doc_get(&self, document: &str, key: &str) -> Result<Option<serde_json::Value>, String>;
+    /// `value` is a JSON scalar (documents hold strings, numbers, booleans and null).
+    fn doc_set(&self, document: &str, key: &str, value: &serde_json::Value) -> Result<(), String>;
+    fn doc_delete(&self, document: &str, key: &str) -> Result<(), String>;
+    fn doc_keys(&self, document: &str) -> Result<Vec<String>, String>;
     fn chat(&self, messages: &[ChatMessage], options: &InferenceOptions) -> Result<String, String>;
     fn generate(&self, prompt: &str, options: &InferenceOptions) -> Result<String, String>;
     fn embed(&self, text: &str) -> Result<Vec<f32>, String>;
@@ -60,6 +66,18 @@ impl HostServices for NoServices {
     fn kv_keys(&self, _: &str) -> Result<Vec<String>, String> {
         Err(NO_NODE.into())
     }
+    fn doc_get(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, String> {
+        Err(NO_NODE.into())
+    }
+    fn doc_set(&self, _: &str, _: &str, _: &serde_json::Value) -> Result<(), String> {
+        Err(NO_NODE.into())
+    }
+    fn doc_delete(&self, _: &str, _: &str) -> Result<(), String> {
+        Err(NO_NODE.into())
+    }
+    fn doc_keys(&self, _: &str) -> Result<Vec<String>, String> {
+        Err(NO_NODE.into())
+    }
     fn chat(&self, _: &[ChatMessage], _: &InferenceOptions) -> Result<String, String> {
         Err(NO_NODE.into())
     }
@@ -77,9 +95,39 @@ impl HostServices for NoServices {
     }
 }
 
-/// An open bucket: the KV namespace it maps to.
-pub struct Bucket {
-    namespace: String,
+/// An open bucket: a KV namespace of the component's own, or (`doc:NAME`) a shared document.
+pub enum Bucket {
+    Namespace(String),
+    /// Values are JSON scalars as text, so `"open"`, `42`, `true` and `null` round-trip.
+    Document(String),
+}
+
+/// Bucket identifiers with this prefix name a shared CRDT document instead of a private namespace.
+pub const DOCUMENT_BUCKET_PREFIX: &str = "doc:";
+
+impl Bucket {
+    fn for_identifier(component: &str, identifier: &str) -> Bucket {
+        match identifier.strip_prefix(DOCUMENT_BUCKET_PREFIX) {
+            Some(document) => Bucket::Document(document.to_owned()),
+            None => Bucket::Namespace(format!("wasm:{component}:{identifier}")),
+        }
+    }
+}
+
+/// A document value from the bytes a component wrote: JSON text of a scalar.
+fn document_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value, store::Error> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        store::Error::Other(format!(
+            "value for '{key}' is not JSON text ({e}); document buckets store JSON scalars, e.g. \"open\" with its quotes, 42 or true"
+        ))
+    })?;
+    if value.is_object() || value.is_array() {
+        return Err(store::Error::Other(format!(
+            "value for '{key}' is a JSON {}; documents hold scalars, so store each field under its own key",
+            if value.is_object() { "object" } else { "array" }
+        )));
+    }
+    Ok(value)
 }
 
 /// The store data of one call.
@@ -151,9 +199,7 @@ impl store::Host for HostState {
         {
             return Ok(Err(store::Error::AccessDenied));
         }
-        let bucket = Bucket {
-            namespace: format!("wasm:{}:{identifier}", self.component),
-        };
+        let bucket = Bucket::for_identifier(&self.component, &identifier);
         Ok(Ok(self.table.push(bucket)?))
     }
 }
@@ -164,8 +210,14 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let ns = self.table.get(&bucket)?.namespace.clone();
-        Ok(self.services.kv_get(&ns, &key).map_err(store::Error::Other))
+        let read = match self.table.get(&bucket)? {
+            Bucket::Namespace(ns) => self.services.kv_get(ns, &key),
+            Bucket::Document(doc) => self
+                .services
+                .doc_get(doc, &key)
+                .map(|v| v.map(|v| v.to_string().into_bytes())),
+        };
+        Ok(read.map_err(store::Error::Other))
     }
 
     fn set(
@@ -174,11 +226,14 @@ impl store::HostBucket for HostState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let ns = self.table.get(&bucket)?.namespace.clone();
-        Ok(self
-            .services
-            .kv_set(&ns, &key, &value)
-            .map_err(store::Error::Other))
+        let written = match self.table.get(&bucket)? {
+            Bucket::Namespace(ns) => self.services.kv_set(ns, &key, &value),
+            Bucket::Document(doc) => match document_value(&key, &value) {
+                Ok(value) => self.services.doc_set(doc, &key, &value),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        Ok(written.map_err(store::Error::Other))
     }
 
     fn delete(
@@ -186,11 +241,11 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let ns = self.table.get(&bucket)?.namespace.clone();
-        Ok(self
-            .services
-            .kv_delete(&ns, &key)
-            .map_err(store::Error::Other))
+        let deleted = match self.table.get(&bucket)? {
+            Bucket::Namespace(ns) => self.services.kv_delete(ns, &key),
+            Bucket::Document(doc) => self.services.doc_delete(doc, &key),
+        };
+        Ok(deleted.map_err(store::Error::Other))
     }
 
     fn exists(
@@ -198,12 +253,11 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let ns = self.table.get(&bucket)?.namespace.clone();
-        Ok(self
-            .services
-            .kv_get(&ns, &key)
-            .map(|v| v.is_some())
-            .map_err(store::Error::Other))
+        let found = match self.table.get(&bucket)? {
+            Bucket::Namespace(ns) => self.services.kv_get(ns, &key).map(|v| v.is_some()),
+            Bucket::Document(doc) => self.services.doc_get(doc, &key).map(|v| v.is_some()),
+        };
+        Ok(found.map_err(store::Error::Other))
     }
 
     fn list_keys(
@@ -211,11 +265,12 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         _cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let ns = self.table.get(&bucket)?.namespace.clone();
         // One page: a component's bucket is small, and the cursor stays for the interface's sake.
-        Ok(self
-            .services
-            .kv_keys(&ns)
+        let keys = match self.table.get(&bucket)? {
+            Bucket::Namespace(ns) => self.services.kv_keys(ns),
+            Bucket::Document(doc) => self.services.doc_keys(doc),
+        };
+        Ok(keys
             .map(|keys| store::KeyResponse { keys, cursor: None })
             .map_err(store::Error::Other))
     }
@@ -327,5 +382,47 @@ impl events::Host for HostState {
             .services
             .publish(&topic, &payload)
             .map_err(events::Error::Failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_identifiers_name_shared_documents_and_others_private_namespaces() {
+        assert!(matches!(
+            Bucket::for_identifier("sensor", "doc:plant"),
+            Bucket::Document(d) if d == "plant"
+        ));
+        assert!(matches!(
+            Bucket::for_identifier("sensor", "predictions"),
+            Bucket::Namespace(ns) if ns == "wasm:sensor:predictions"
+        ));
+    }
+
+    #[test]
+    fn document_values_are_json_scalars() {
+        assert_eq!(
+            document_value("k", b"\"open\"").unwrap(),
+            serde_json::json!("open")
+        );
+        assert_eq!(document_value("k", b"42").unwrap(), serde_json::json!(42));
+        assert_eq!(
+            document_value("k", b"null").unwrap(),
+            serde_json::Value::Null
+        );
+        for (bad, says) in [
+            (&b"open"[..], "not JSON text"),
+            (b"{\"a\":1}", "JSON object"),
+            (b"[1]", "JSON array"),
+        ] {
+            match document_value("zone4/valve", bad) {
+                Err(store::Error::Other(m)) => {
+                    assert!(m.contains(says) && m.contains("zone4/valve"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -357,7 +357,7 @@ fn a_component_replaced_under_load_answers_every_call() {
 }
 
 #[test]
-fn sensor_handler_under_serve_leaves_its_prediction_in_kv() {
+fn sensor_handler_under_serve_leaves_its_prediction_in_kv_and_the_plant_document() {
     use base64::Engine as _;
 
     let home = home();
@@ -371,7 +371,7 @@ fn sensor_handler_under_serve_leaves_its_prediction_in_kv() {
             "description": "seed 002's sensor handler",
             "grants": {
                 "interfaces": ["logging", "inference", "keyvalue"],
-                "kv_buckets": ["predictions"],
+                "kv_buckets": ["predictions", "doc:plant"],
                 "time_limit": "120s"
             }
         },
@@ -380,6 +380,15 @@ fn sensor_handler_under_serve_leaves_its_prediction_in_kv() {
     let (status, _, resp) = http(port, "PUT", "/v1/components/sensor-handler", &body);
     assert_eq!(status, 201, "{resp}");
     assert_eq!(json_body(&resp)["kind"], "agent");
+
+    // The shared document already has a status for the boiler, set through the API.
+    let (status, _, resp) = http(
+        port,
+        "PATCH",
+        "/v1/docs/plant",
+        r#"{"set": {"boiler-7/status": "unknown", "zone4/valve": "open"}}"#,
+    );
+    assert!(status == 200 || status == 204, "{status} {resp}");
 
     let event = r#"{"source": "line-3", "payload": {"sensor": "boiler-7", "temperature_c": 131.0, "limit_c": 100.0}}"#;
     let (status, _, resp) = http(port, "POST", "/v1/components/sensor-handler/events", event);
@@ -391,6 +400,22 @@ fn sensor_handler_under_serve_leaves_its_prediction_in_kv() {
         "{prediction}"
     );
     assert!(prediction["reason"].is_string(), "{prediction}");
+
+    // Through its `doc:plant` bucket the component read the old status and wrote the new one
+    // into the CRDT document, as JSON scalars; the key it did not touch is unchanged.
+    let (status, _, resp) = http(port, "GET", "/v1/docs/plant", "");
+    assert_eq!(status, 200, "{resp}");
+    let plant = json_body(&resp);
+    let entries = &plant["entries"];
+    assert_eq!(
+        entries["boiler-7/status"]["value"], prediction["status"],
+        "{plant}"
+    );
+    assert_eq!(
+        entries["boiler-7/previous_status"]["value"], "unknown",
+        "{plant}"
+    );
+    assert_eq!(entries["zone4/valve"]["value"], "open", "{plant}");
 
     // The node's KV holds it, in the component's own bucket namespace.
     drop(serve);

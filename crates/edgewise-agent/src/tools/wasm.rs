@@ -157,6 +157,8 @@ impl Tool for WasmTool {
 /// on the runtime the tools were built on.
 pub struct NodeServices {
     kv: Arc<edgewise_store::Kv>,
+    /// Opened on first use (opening may write this node's actor id).
+    docs: std::sync::OnceLock<edgewise_store::Documents>,
     engine: EngineSlot,
     embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
     tools: ToolsSlot,
@@ -170,6 +172,7 @@ impl NodeServices {
     pub fn new(ctx: &ToolContext) -> Self {
         Self {
             kv: ctx.kv.clone(),
+            docs: std::sync::OnceLock::new(),
             engine: ctx.engine.clone(),
             embedder: ctx.embedder.clone(),
             tools: ctx.tools.clone(),
@@ -185,6 +188,14 @@ impl NodeServices {
             .get()
             .cloned()
             .ok_or_else(|| "no model is loaded for this agent".to_owned())
+    }
+
+    fn docs(&self) -> Result<&edgewise_store::Documents, String> {
+        if let Some(docs) = self.docs.get() {
+            return Ok(docs);
+        }
+        let docs = edgewise_store::Documents::open(self.kv.clone()).map_err(|e| e.to_string())?;
+        Ok(self.docs.get_or_init(|| docs))
     }
 
     fn complete(&self, prompt: String, options: &InferenceOptions) -> Result<String, String> {
@@ -219,6 +230,29 @@ impl HostServices for NodeServices {
         self.kv
             .list(namespace)
             .map(|kv| kv.into_iter().map(|(k, _)| k).collect())
+            .map_err(|e| e.to_string())
+    }
+    fn doc_get(&self, document: &str, key: &str) -> Result<Option<Value>, String> {
+        self.docs()?
+            .get(document, key)
+            .map(|entry| entry.map(|e| e.value))
+            .map_err(|e| e.to_string())
+    }
+    fn doc_set(&self, document: &str, key: &str, value: &Value) -> Result<(), String> {
+        self.docs()?
+            .set(document, key, value)
+            .map_err(|e| e.to_string())
+    }
+    fn doc_delete(&self, document: &str, key: &str) -> Result<(), String> {
+        self.docs()?
+            .remove(document, key)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn doc_keys(&self, document: &str) -> Result<Vec<String>, String> {
+        self.docs()?
+            .entries(document)
+            .map(|entries| entries.into_keys().collect())
             .map_err(|e| e.to_string())
     }
     fn chat(&self, messages: &[ChatMessage], options: &InferenceOptions) -> Result<String, String> {
