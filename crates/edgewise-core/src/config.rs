@@ -64,6 +64,66 @@ pub struct NodeConfig {
     pub audit_content: AuditContent,
     /// The offline sync manager: what this node shares with its upstream node, and how.
     pub sync: Option<SyncConfig>,
+    /// Joining a mesh of nodes over Zenoh (mTLS on every link); absent means this node is alone.
+    pub mesh: Option<MeshConfig>,
+}
+
+/// `mesh:` in config.yaml: how this node joins its neighbours.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// `peer` on the LAN, or `fog`: a Zenoh router that also serves (usually bigger models).
+    #[serde(default)]
+    pub role: MeshRole,
+    /// The trust domain this node belongs to: the nodes holding certificates of one mesh CA.
+    pub trust_domain: String,
+    /// Zenoh endpoints to accept links on, e.g. `tls/0.0.0.0:7447`. Only `tls/` is accepted.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Endpoints of neighbours to link to, e.g. `tls/10.0.0.2:7447`; more are learnt by gossip.
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// Also find neighbours by UDP multicast on the LAN (links still need valid certificates).
+    #[serde(default)]
+    pub multicast_scouting: bool,
+    /// Directory with `ca.pem`, `node.pem` and `node.key` (see `edgewise mesh cert issue`)
+    /// [default: `<home>/mesh`]. Relative paths resolve against the data dir.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Milliseconds without traffic after which a link, and the node behind it, counts as gone.
+    #[serde(default = "default_mesh_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_mesh_lease_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeshRole {
+    #[default]
+    Peer,
+    Fog,
+}
+
+impl MeshRole {
+    /// Offload order: lower tiers are tried first (local is 0).
+    pub fn tier(self) -> u8 {
+        match self {
+            MeshRole::Peer => 1,
+            MeshRole::Fog => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for MeshRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeshRole::Peer => "peer",
+            MeshRole::Fog => "fog",
+        })
+    }
 }
 
 /// `sync:` in config.yaml. Only what is listed here ever leaves the node; the lists are the
@@ -163,6 +223,7 @@ impl Default for NodeConfig {
             cloud: None,
             audit_content: AuditContent::Raw,
             sync: None,
+            mesh: None,
         }
     }
 }

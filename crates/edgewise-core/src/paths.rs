@@ -73,4 +73,9 @@ impl DataDir {
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")
     }
+
+    /// This node's mesh certificate, key and CA (`edgewise mesh cert issue`).
+    pub fn mesh_tls(&self) -> PathBuf {
+        self.root.join("mesh")
+    }
 }
