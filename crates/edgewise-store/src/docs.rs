@@ -216,8 +216,27 @@ impl Documents {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.session(&mut sessions, name, peer)?;
         let msg = doc.sync().generate_sync_message(state);
-        self.kv.set(SYNC, &sync_key(name, peer), &state.encode())?;
+        self.persist_session(name, peer, state)?;
         Ok(msg.map(Message::encode))
+    }
+
+    /// Writes the session's state only when it changed: neighbours in a mesh exchange messages
+    /// every moment, and most exchanges change nothing.
+    fn persist_session(&self, name: &str, peer: &str, state: &State) -> Result<(), DocError> {
+        let key = sync_key(name, peer);
+        let encoded = state.encode();
+        if self.kv.get(SYNC, &key)?.as_deref() != Some(encoded.as_slice()) {
+            self.kv.set(SYNC, &key, &encoded)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the live sync session with `peer`, so the next exchange starts again from the
+    /// persisted shared heads: for when a message may have been lost on a broken link (a live
+    /// session that still waits for an answer would otherwise send nothing more).
+    pub fn forget_session(&self, name: &str, peer: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(&(name.to_owned(), peer.to_owned()));
     }
 
     /// Applies a sync message from `peer` (creating the document if this node lacks it).
@@ -239,11 +258,14 @@ impl Documents {
         let mut doc = self.load(name)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.session(&mut sessions, name, peer)?;
+        let before = doc.get_heads();
         doc.sync()
             .receive_sync_message(state, msg)
             .map_err(|e| sync_err(e.to_string()))?;
-        self.store(name, &mut doc)?;
-        self.kv.set(SYNC, &sync_key(name, peer), &state.encode())?;
+        if doc.get_heads() != before || !self.exists(name)? {
+            self.store(name, &mut doc)?;
+        }
+        self.persist_session(name, peer, state)?;
         Ok(())
     }
 

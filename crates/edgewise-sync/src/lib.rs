@@ -13,6 +13,9 @@
 //!
 //! Privacy: only the namespaces, documents and collections listed in `sync:` are ever read for
 //! sending; collections must also be shareable. Everything else never leaves the node.
+//!
+//! The other node is reached through a [`Remote`]: its HTTP API ([`HttpRemote`], the upstream of
+//! `sync:`) or the same API carried by the mesh (a neighbour, documents and collections only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -20,10 +23,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use edgewise_core::{ConflictPolicy, SyncConfig};
-use edgewise_store::knowledge::{CollectionInfo, Delta, KnowledgeError, KnowledgeSlot};
+use edgewise_store::knowledge::{
+    CollectionInfo, Delta, KnowledgeError, KnowledgeSlot, VersionVector,
+};
 use edgewise_store::{DocError, Documents, Kv, StoreError, Versioned};
-use reqwest::blocking::{Client, RequestBuilder};
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -124,19 +128,136 @@ struct Agreed {
 
 pub struct Syncer {
     cfg: SyncConfig,
-    upstream: Url,
+    remote: Box<dyn Remote>,
     /// This node's name: the peer id the upstream keeps document sync state under.
     node: String,
-    api_key: Option<String>,
     kv: Arc<Kv>,
     docs: Documents,
     knowledge: Arc<KnowledgeSlot>,
-    http: Client,
     /// One round at a time.
     round: Mutex<()>,
 }
 
+/// HTTP methods of the state API a round uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// One call of the other node's state API.
+pub struct RemoteRequest<'a> {
+    pub method: Method,
+    /// Path and query, percent-encoded, e.g. `/v1/docs/plant/sync?peer=gw-1`.
+    pub path: &'a str,
+    /// Sent as `If-Match: "N"`: write only if the key is still at version N.
+    pub if_match: Option<u64>,
+    /// JSON when `json`, raw bytes otherwise.
+    pub body: Vec<u8>,
+    pub json: bool,
+}
+
+/// The other node's answer.
+pub struct RemoteReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// How a round reaches the other node.
+pub trait Remote: Send + Sync {
+    /// The other node as errors name it; also the key under which agreed versions and document
+    /// sync state with it are kept, so it must stay the same across restarts.
+    fn name(&self) -> &str;
+    /// `Err` means the other node could not be reached (the round fails, nothing is lost).
+    fn request(&self, request: &RemoteRequest<'_>) -> std::result::Result<RemoteReply, String>;
+}
+
+/// The upstream's HTTP API, with its bearer key.
+pub struct HttpRemote {
+    base: Url,
+    name: String,
+    api_key: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl HttpRemote {
+    /// `upstream` is a base URL such as `http://fog.local:8080`; `api_key_env` names the
+    /// environment variable that holds its key.
+    pub fn new(upstream: &str, api_key_env: Option<&str>) -> Result<Self> {
+        let base = Url::parse(upstream)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                SyncError::Config(format!(
+                    "sync.upstream '{upstream}' is not an http(s) URL; e.g. http://fog.local:8080"
+                ))
+            })?;
+        let api_key = match api_key_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                SyncError::Config(format!(
+                    "sync.api_key_env names {var}, which is not set in the environment"
+                ))
+            })?),
+        };
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| SyncError::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            base,
+            name: upstream.to_owned(),
+            api_key,
+            http,
+        })
+    }
+}
+
+impl Remote for HttpRemote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn request(&self, r: &RemoteRequest<'_>) -> std::result::Result<RemoteReply, String> {
+        let (path, query) = r.path.split_once('?').unwrap_or((r.path, ""));
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        url.set_query((!query.is_empty()).then_some(query));
+        let method =
+            reqwest::Method::from_bytes(r.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
+        let mut req = self.http.request(method, url).body(r.body.clone());
+        if r.json {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(v) = r.if_match {
+            req = req.header("If-Match", format!("\"{v}\""));
+        }
+        if let Some(k) = &self.api_key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().map_err(|e| e.to_string())?.to_vec();
+        Ok(RemoteReply { status, body })
+    }
+}
+
 impl Syncer {
+    /// The sync manager of `sync:`, with its upstream over HTTP.
     pub fn new(
         cfg: SyncConfig,
         node: String,
@@ -144,15 +265,19 @@ impl Syncer {
         docs: Documents,
         knowledge: Arc<KnowledgeSlot>,
     ) -> Result<Self> {
-        let upstream = Url::parse(&cfg.upstream)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                SyncError::Config(format!(
-                    "sync.upstream '{}' is not an http(s) URL; e.g. http://fog.local:8080",
-                    cfg.upstream
-                ))
-            })?;
+        let remote = HttpRemote::new(&cfg.upstream, cfg.api_key_env.as_deref())?;
+        Self::with_remote(cfg, Box::new(remote), node, kv, docs, knowledge)
+    }
+
+    /// Rounds with `remote` of what `cfg` lists (its `upstream` is not used).
+    pub fn with_remote(
+        cfg: SyncConfig,
+        remote: Box<dyn Remote>,
+        node: String,
+        kv: Arc<Kv>,
+        docs: Documents,
+        knowledge: Arc<KnowledgeSlot>,
+    ) -> Result<Self> {
         if let Some(ns) = cfg
             .kv_namespaces
             .iter()
@@ -162,28 +287,13 @@ impl Syncer {
                 "sync.kv_namespaces: '{ns}' holds the runtime's own records and cannot be synced"
             )));
         }
-        let api_key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                SyncError::Config(format!(
-                    "sync.api_key_env names {var}, which is not set in the environment"
-                ))
-            })?),
-        };
-        let http = Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| SyncError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             cfg,
-            upstream,
+            remote,
             node,
-            api_key,
             kv,
             docs,
             knowledge,
-            http,
             round: Mutex::new(()),
         })
     }
@@ -195,9 +305,8 @@ impl Syncer {
     /// One sync round. An unreachable upstream fails the round and loses nothing: the changes
     /// stay pending.
     pub fn sync_once(&self) -> Result<Report> {
-        let _one = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let result = self.round();
+        let result = self.exchange();
         let last = match &result {
             Ok(r) => json!({"at": started, "ok": true, "report": r}),
             Err(e) => json!({"at": started, "ok": false, "error": e.to_string()}),
@@ -206,9 +315,12 @@ impl Syncer {
         result
     }
 
-    fn round(&self) -> Result<Report> {
+    /// One round without recording it as the last round: for neighbours that sync every
+    /// moment, where a write per round would wear the disk for nothing.
+    pub fn exchange(&self) -> Result<Report> {
+        let _one = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = Report {
-            upstream: self.cfg.upstream.clone(),
+            upstream: self.remote.name().to_owned(),
             ..Report::default()
         };
         for ns in &self.cfg.kv_namespaces {
@@ -262,7 +374,7 @@ impl Syncer {
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect();
         Ok(Status {
-            upstream: self.cfg.upstream.clone(),
+            upstream: self.remote.name().to_owned(),
             conflict_policy: self.cfg.conflict_policy,
             pending,
             conflicts,
@@ -271,7 +383,7 @@ impl Syncer {
     }
 
     fn agreed_key(&self, ns: &str, key: &str) -> String {
-        format!("kv\0{}\0{ns}\0{key}", self.cfg.upstream)
+        format!("kv\0{}\0{ns}\0{key}", self.remote.name())
     }
 
     fn agreed(&self, ns: &str, key: &str) -> Result<Option<Agreed>> {
@@ -368,49 +480,85 @@ impl Syncer {
         Ok(())
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.upstream.clone();
+    /// Path (and query) of the other node's API, each segment percent-encoded.
+    fn path(segments: &[&str], query: &[(&str, &str)]) -> String {
+        let mut url = Url::parse("http://remote/").expect("a fixed, valid URL");
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        url
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        }
     }
 
-    fn send(&self, req: RequestBuilder) -> Result<reqwest::blocking::Response> {
-        let req = match &self.api_key {
-            Some(k) => req.bearer_auth(k),
-            None => req,
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        if_match: Option<u64>,
+        body: Vec<u8>,
+        json: bool,
+    ) -> Result<RemoteReply> {
+        let request = RemoteRequest {
+            method,
+            path,
+            if_match,
+            body,
+            json,
         };
-        req.send().map_err(|e| SyncError::Unreachable {
-            upstream: self.cfg.upstream.clone(),
-            message: e.to_string(),
-        })
+        self.remote
+            .request(&request)
+            .map_err(|message| SyncError::Unreachable {
+                upstream: self.remote.name().to_owned(),
+                message,
+            })
     }
 
-    fn failed(url: &Url, resp: reqwest::blocking::Response) -> SyncError {
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().unwrap_or(Value::Null);
-        let message = body["error"]["message"]
-            .as_str()
-            .map_or_else(|| body.to_string(), str::to_owned);
+    fn get(&self, path: &str) -> Result<RemoteReply> {
+        self.send(Method::Get, path, None, Vec::new(), false)
+    }
+
+    fn post_json(&self, path: &str, body: &impl Serialize) -> Result<RemoteReply> {
+        let bytes = serde_json::to_vec(body).map_err(|e| SyncError::Config(e.to_string()))?;
+        self.send(Method::Post, path, None, bytes, true)
+    }
+
+    fn failed(&self, path: &str, reply: &RemoteReply) -> SyncError {
+        let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        let message = body["error"]["message"].as_str().map_or_else(
+            || String::from_utf8_lossy(&reply.body).into_owned(),
+            str::to_owned,
+        );
         SyncError::Upstream {
-            url: url.to_string(),
-            status,
+            url: format!("{}{path}", self.remote.name()),
+            status: reply.status,
             message,
         }
     }
 
-    fn remote_kv(&self, ns: &str) -> Result<BTreeMap<String, Versioned>> {
-        let url = self.url(&["v1", "kv", ns]);
-        let resp = self.send(self.http.get(url.clone()))?;
-        if !resp.status().is_success() {
-            return Err(Self::failed(&url, resp));
+    fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        reply: &RemoteReply,
+        what: &str,
+    ) -> Result<T> {
+        if !(200..300).contains(&reply.status) {
+            return Err(self.failed(path, reply));
         }
-        let body: Value = resp.json().map_err(|e| SyncError::Upstream {
-            url: url.to_string(),
-            status: 200,
-            message: format!("not a KV listing: {e}"),
-        })?;
+        serde_json::from_slice(&reply.body).map_err(|e| SyncError::Upstream {
+            url: format!("{}{path}", self.remote.name()),
+            status: reply.status,
+            message: format!("not {what}: {e}"),
+        })
+    }
+
+    fn remote_kv(&self, ns: &str) -> Result<BTreeMap<String, Versioned>> {
+        let path = Self::path(&["v1", "kv", ns], &[]);
+        let body: Value = self.parse(&path, &self.get(&path)?, "a KV listing")?;
         let mut out = BTreeMap::new();
         for k in body["keys"].as_array().into_iter().flatten() {
             let Some(key) = k["key"].as_str() else {
@@ -440,50 +588,50 @@ impl Syncer {
         value: Option<&[u8]>,
         version: u64,
     ) -> Result<Option<u64>> {
-        let url = self.url(&["v1", "kv", ns, key]);
-        let req = match value {
-            Some(v) => self.http.put(url.clone()).body(v.to_vec()),
-            None => self.http.delete(url.clone()),
+        let path = Self::path(&["v1", "kv", ns, key], &[]);
+        let reply = match value {
+            Some(v) => self.send(Method::Put, &path, Some(version), v.to_vec(), false)?,
+            None => self.send(Method::Delete, &path, Some(version), Vec::new(), false)?,
         };
-        let resp = self.send(req.header("If-Match", format!("\"{version}\"")))?;
-        match resp.status() {
-            StatusCode::PRECONDITION_FAILED => Ok(None),
-            s if s.is_success() => {
-                let body: Value = resp.json().unwrap_or(Value::Null);
+        match reply.status {
+            412 => Ok(None),
+            200..=299 => {
+                let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
                 Ok(Some(body["version"].as_u64().unwrap_or(version + 1)))
             }
-            _ => Err(Self::failed(&url, resp)),
+            _ => Err(self.failed(&path, &reply)),
         }
     }
 
     fn sync_document(&self, name: &str) -> Result<DocumentReport> {
         // This node's sync state with the upstream, under the upstream's URL as the peer id.
-        let peer = format!("upstream {}", self.cfg.upstream);
-        let mut url = self.url(&["v1", "docs", name, "sync"]);
-        url.query_pairs_mut().append_pair("peer", &self.node);
+        let peer = format!("upstream {}", self.remote.name());
+        let path = Self::path(&["v1", "docs", name, "sync"], &[("peer", &self.node)]);
         let (mut sent, mut received) = (0, 0);
         for _ in 0..MAX_DOC_ROUNDS {
             let ours = self.docs.sync_message(name, &peer)?;
-            let resp = self.send(
-                self.http
-                    .post(url.clone())
-                    .body(ours.clone().unwrap_or_default()),
-            )?;
-            sent += usize::from(ours.is_some());
-            let reply = match resp.status() {
-                StatusCode::NO_CONTENT => None,
-                s if s.is_success() => Some(resp.bytes().map_err(|e| SyncError::Unreachable {
-                    upstream: self.cfg.upstream.clone(),
-                    message: e.to_string(),
-                })?),
-                _ => return Err(Self::failed(&url, resp)),
+            let sent_now = ours.is_some();
+            let reply = self.send(Method::Post, &path, None, ours.unwrap_or_default(), false);
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    // The message may be lost: start the next exchange from the shared heads.
+                    self.docs.forget_session(name, &peer);
+                    return Err(e);
+                }
+            };
+            sent += usize::from(sent_now);
+            let reply = match reply.status {
+                204 => None,
+                200..=299 => Some(reply.body),
+                _ => return Err(self.failed(&path, &reply)),
             };
             match reply {
                 Some(bytes) => {
                     self.docs.receive_sync_message(name, &peer, &bytes)?;
                     received += 1;
                 }
-                None if ours.is_none() => break,
+                None if !sent_now => break,
                 None => {}
             }
         }
@@ -506,17 +654,13 @@ impl Syncer {
     }
 
     fn remote_collections(&self) -> Result<Vec<CollectionInfo>> {
-        let url = self.url(&["v1", "knowledge"]);
-        let resp = self.send(self.http.get(url.clone()))?;
-        if !resp.status().is_success() {
-            return Err(Self::failed(&url, resp));
+        #[derive(Deserialize)]
+        struct Listing {
+            collections: Vec<CollectionInfo>,
         }
-        let body: Value = resp.json().unwrap_or(Value::Null);
-        serde_json::from_value(body["collections"].clone()).map_err(|e| SyncError::Upstream {
-            url: url.to_string(),
-            status: 200,
-            message: format!("not a collection list: {e}"),
-        })
+        let path = Self::path(&["v1", "knowledge"], &[]);
+        let listing: Listing = self.parse(&path, &self.get(&path)?, "a collection list")?;
+        Ok(listing.collections)
     }
 
     fn sync_collection(&self, name: &str, remote: &[CollectionInfo]) -> Result<CollectionReport> {
@@ -538,34 +682,54 @@ impl Syncer {
             }
             let since = theirs.map(|c| c.version.clone()).unwrap_or_default();
             let delta = k.export(name, &since)?;
-            if !delta.changes.is_empty() {
-                let mut url = self.url(&["v1", "knowledge", name, "import"]);
-                url.query_pairs_mut().append_pair("shareable", "true");
-                let resp = self.send(self.http.post(url.clone()).json(&delta))?;
-                if !resp.status().is_success() {
-                    return Err(Self::failed(&url, resp));
+            // Also with no changes: a version they lack (a change that lost to one they have)
+            // must still reach them, or the two version vectors never agree.
+            if !delta.changes.is_empty() || !covers(&since, &delta.version) {
+                let path = Self::path(
+                    &["v1", "knowledge", name, "import"],
+                    &[("shareable", "true")],
+                );
+                let reply = self.post_json(&path, &delta)?;
+                if !(200..300).contains(&reply.status) {
+                    return Err(self.failed(&path, &reply));
                 }
                 report.pushed = delta.changes.len();
             }
         }
         if theirs.is_some() {
             let since = ours.map(|c| c.version).unwrap_or_default();
-            let url = self.url(&["v1", "knowledge", name, "export"]);
-            let resp = self.send(self.http.post(url.clone()).json(&json!({"since": since})))?;
-            if !resp.status().is_success() {
-                return Err(Self::failed(&url, resp));
-            }
-            let delta: Delta = resp.json().map_err(|e| SyncError::Upstream {
-                url: url.to_string(),
-                status: 200,
-                message: format!("not a delta: {e}"),
-            })?;
-            if !delta.changes.is_empty() {
+            let path = Self::path(&["v1", "knowledge", name, "export"], &[]);
+            let reply = self.post_json(&path, &json!({"since": since}))?;
+            let delta: Delta = self.parse(&path, &reply, "a delta")?;
+            if !delta.changes.is_empty() || !covers(&since, &delta.version) {
                 let r = k.import(&delta, true)?;
                 k.save_index(name)?;
                 report.pulled = r.applied;
             }
         }
         Ok(report)
+    }
+}
+
+/// Whether `have` has seen everything `other` has.
+fn covers(have: &VersionVector, other: &VersionVector) -> bool {
+    other
+        .iter()
+        .all(|(node, n)| have.get(node).is_some_and(|h| h >= n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_vector_covers_only_what_it_has_seen() {
+        let vv = |pairs: &[(&str, u64)]| -> VersionVector {
+            pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+        };
+        assert!(covers(&vv(&[("a", 2), ("b", 1)]), &vv(&[("a", 1)])));
+        assert!(covers(&vv(&[("a", 1)]), &vv(&[])));
+        assert!(!covers(&vv(&[("a", 1)]), &vv(&[("a", 2)])));
+        assert!(!covers(&vv(&[("a", 1)]), &vv(&[("b", 1)])));
     }
 }
