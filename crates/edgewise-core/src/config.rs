@@ -93,6 +93,39 @@ pub struct MeshConfig {
     /// Milliseconds without traffic after which a link, and the node behind it, counts as gone.
     #[serde(default = "default_mesh_lease_ms")]
     pub lease_ms: u64,
+    /// What this node shares with its neighbours; nothing else is ever sent to them.
+    #[serde(default)]
+    pub share: MeshShare,
+}
+
+/// `mesh.share`: the documents and collections that neighbours may read and that this node keeps
+/// in sync with every neighbour (the privacy allow-list of the mesh, like `sync:`'s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshShare {
+    /// CRDT documents, merged with every neighbour's copy (automerge sync messages).
+    #[serde(default)]
+    pub documents: Vec<String>,
+    /// Knowledge collections (they must be shareable), exchanged as deltas.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// Milliseconds between sync rounds with each neighbour.
+    #[serde(default = "default_share_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_share_interval_ms() -> u64 {
+    500
+}
+
+impl Default for MeshShare {
+    fn default() -> Self {
+        Self {
+            documents: Vec::new(),
+            collections: Vec::new(),
+            interval_ms: default_share_interval_ms(),
+        }
+    }
 }
 
 fn default_mesh_lease_ms() -> u64 {

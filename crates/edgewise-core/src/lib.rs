@@ -14,8 +14,8 @@ pub mod signing;
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{
-    AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, MeshConfig, MeshRole, NodeConfig,
-    SyncConfig,
+    AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, MeshConfig, MeshRole, MeshShare,
+    NodeConfig, SyncConfig,
 };
 pub use grants::{ComponentManifest, FileGrant, Grants, HostInterface};
 pub use paths::DataDir;

@@ -120,6 +120,9 @@ struct PeerEntry {
 #[derive(Debug, Clone)]
 pub struct CallRequest {
     pub from: String,
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path and query, e.g. `/v1/docs/plant/sync?peer=gw-1`.
     pub path: String,
     pub body: Vec<u8>,
 }
@@ -152,6 +155,8 @@ pub struct MeshNode {
     name: String,
     session: zenoh::Session,
     peers: Arc<Mutex<BTreeMap<String, PeerEntry>>>,
+    /// Woken whenever a neighbour's presence goes away, so calls waiting on it end at once.
+    departed: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -170,6 +175,7 @@ impl MeshNode {
         let config = zenoh_config(cfg, tls)?;
         let session = zenoh::open(config).await.map_err(zenoh_err)?;
         let peers: Arc<Mutex<BTreeMap<String, PeerEntry>>> = Arc::default();
+        let departed = Arc::new(tokio::sync::Notify::new());
 
         let token = session
             .liveliness()
@@ -194,7 +200,7 @@ impl MeshNode {
         let mut tasks = Vec::new();
         let me = name.to_owned();
         {
-            let (peers, me) = (peers.clone(), me.clone());
+            let (peers, me, departed) = (peers.clone(), me.clone(), departed.clone());
             tasks.push(tokio::spawn(async move {
                 // Owning the token here ties it to this task: aborting the task withdraws it.
                 let _token = token;
@@ -215,6 +221,10 @@ impl MeshNode {
                     });
                     entry.alive = alive;
                     entry.last_seen = Instant::now();
+                    drop(table);
+                    if !alive {
+                        departed.notify_waiters();
+                    }
                 }
             }));
         }
@@ -272,6 +282,7 @@ impl MeshNode {
             name: name.to_owned(),
             session,
             peers,
+            departed,
             tasks,
         })
     }
@@ -311,10 +322,20 @@ impl MeshNode {
         found.into_iter().map(|(_, _, node)| node).collect()
     }
 
-    /// Runs `path` with `body` on `node` and returns its answer as it streams in.
+    /// Names of the neighbours whose presence token is up.
+    pub fn alive_peers(&self) -> Vec<String> {
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, e)| e.alive)
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// Runs `method` `path` with `body` on `node` and returns its answer as it streams in.
     pub async fn call(
         &self,
         node: &str,
+        method: &str,
         path: &str,
         body: &[u8],
         timeout: Duration,
@@ -327,6 +348,7 @@ impl MeshNode {
         }
         let head = wire::RequestHead {
             from: self.name.clone(),
+            method: method.to_owned(),
             path: path.to_owned(),
         };
         let replies = self
@@ -341,10 +363,14 @@ impl MeshNode {
             node: node.to_owned(),
             message,
         };
-        let first = replies
-            .recv_async()
-            .await
-            .map_err(|_| remote("did not answer (gone, or not serving calls)".into()))?;
+        // Zenoh ends a query when its route goes away; the presence watch ends it as soon as
+        // the node is known gone, whichever comes first.
+        let gone = until_gone(self.peers.clone(), self.departed.clone(), node.to_owned());
+        let first = tokio::select! {
+            first = replies.recv_async() => first
+                .map_err(|_| remote("did not answer (gone, or not serving calls)".into()))?,
+            () = gone => return Err(remote("left the mesh before answering".into())),
+        };
         let sample = first
             .result()
             .map_err(|e| remote(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned()))?;
@@ -354,8 +380,24 @@ impl MeshNode {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let name = node.to_owned();
+        let (peers, departed) = (self.peers.clone(), self.departed.clone());
         tokio::spawn(async move {
-            while let Ok(reply) = replies.recv_async().await {
+            let gone = until_gone(peers, departed, name.clone());
+            tokio::pin!(gone);
+            loop {
+                let reply = tokio::select! {
+                    reply = replies.recv_async() => match reply {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    },
+                    () = &mut gone => {
+                        let _ = tx.send(Err(MeshError::Remote {
+                            node: name.clone(),
+                            message: "left the mesh mid-answer".into(),
+                        }));
+                        return;
+                    }
+                };
                 let chunk = match reply.result() {
                     Ok(sample) => match wire::decode_reply(&sample.payload().to_bytes()) {
                         Ok(wire::Frame::Body(b)) => Ok(b.to_vec()),
@@ -392,6 +434,22 @@ impl Drop for MeshNode {
     }
 }
 
+/// Resolves once `node`'s presence is gone (a node never seen counts as present).
+async fn until_gone(
+    peers: Arc<Mutex<BTreeMap<String, PeerEntry>>>,
+    departed: Arc<tokio::sync::Notify>,
+    node: String,
+) {
+    loop {
+        // Registered before the check, so a departure between the two is not missed.
+        let notified = departed.notified();
+        if lock(&peers).get(&node).is_some_and(|e| !e.alive) {
+            return;
+        }
+        notified.await;
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -410,10 +468,11 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>) {
             return;
         }
     };
-    let span = tracing::info_span!("mesh_call", from = %head.from, path = %head.path);
+    let span = tracing::info_span!("mesh_call", from = %head.from, method = %head.method, path = %head.path);
     let response = tracing::Instrument::instrument(
         handler.call(CallRequest {
             from: head.from,
+            method: head.method,
             path: head.path,
             body: body.to_vec(),
         }),
@@ -425,7 +484,11 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>) {
         status: response.status,
         content_type: response.content_type,
     };
-    if query.reply(key.clone(), wire::encode_head(&head)).await.is_err() {
+    if query
+        .reply(key.clone(), wire::encode_head(&head))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut body = response.body;

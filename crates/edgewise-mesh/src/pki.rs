@@ -169,7 +169,9 @@ mod tests {
             let mode = std::fs::metadata(&tls.key).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         }
-        let missing = NodeTls::in_dir(&dir.path().join("nowhere")).check().unwrap_err();
+        let missing = NodeTls::in_dir(&dir.path().join("nowhere"))
+            .check()
+            .unwrap_err();
         assert!(missing.to_string().contains("mesh cert issue"), "{missing}");
     }
 

@@ -9,6 +9,9 @@ use crate::MeshError;
 pub struct RequestHead {
     /// The calling node, as it names itself (a member of the trust domain: its link is mTLS).
     pub from: String,
+    /// HTTP method of the API the call runs.
+    #[serde(default = "post")]
+    pub method: String,
     /// HTTP path of the API the call runs, e.g. `/v1/chat/completions`.
     pub path: String,
 }
@@ -17,6 +20,10 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub content_type: String,
+}
+
+fn post() -> String {
+    "POST".into()
 }
 
 const HEAD: u8 = b'H';
@@ -65,7 +72,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Frame<'_>, MeshError> {
             .map(Frame::Head)
             .map_err(|e| MeshError::Protocol(format!("response head: {e}"))),
         Some((&BODY, rest)) => Ok(Frame::Body(rest)),
-        _ => Err(MeshError::Protocol("reply is neither a head nor a body".into())),
+        _ => Err(MeshError::Protocol(
+            "reply is neither a head nor a body".into(),
+        )),
     }
 }
 
@@ -77,6 +86,7 @@ mod tests {
     fn frames_round_trip_and_garbage_is_an_error() {
         let head = RequestHead {
             from: "a".into(),
+            method: "POST".into(),
             path: "/v1/chat/completions".into(),
         };
         let bytes = encode_request(&head, b"{\"x\":\n1}");
@@ -93,6 +103,9 @@ mod tests {
             Frame::Body(b"data: x")
         );
         assert!(decode_request(b"no newline").is_err());
+        // Callers from before methods were carried meant POST.
+        let (old, _) = decode_request(b"{\"from\":\"a\",\"path\":\"/v1/completions\"}\n").unwrap();
+        assert_eq!(old.method, "POST");
         assert!(decode_reply(b"").is_err());
         assert!(decode_reply(b"Xjunk").is_err());
         assert!(decode_reply(b"Hnot json").is_err());

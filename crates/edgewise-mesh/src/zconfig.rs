@@ -8,6 +8,9 @@ use crate::{MeshError, NodeTls};
 
 /// Zenoh keep-alives per lease: a silent link is declared dead after one lease.
 const KEEP_ALIVES_PER_LEASE: u64 = 4;
+/// Longest pause between attempts to re-link to a `connect` endpoint: a healed partition is
+/// bridged again within this (Zenoh's default backs off to 4 s).
+const RECONNECT_MAX_MS: u64 = 500;
 
 pub fn zenoh_config(cfg: &MeshConfig, tls: &NodeTls) -> Result<zenoh::Config, MeshError> {
     check(cfg)?;
@@ -15,7 +18,14 @@ pub fn zenoh_config(cfg: &MeshConfig, tls: &NodeTls) -> Result<zenoh::Config, Me
     let config = json!({
         "mode": match cfg.role { MeshRole::Peer => "peer", MeshRole::Fog => "router" },
         "listen": { "endpoints": cfg.listen },
-        "connect": { "endpoints": cfg.connect },
+        "connect": {
+            "endpoints": cfg.connect,
+            "retry": {
+                "period_init_ms": 100,
+                "period_max_ms": RECONNECT_MAX_MS,
+                "period_increase_factor": 2.0,
+            },
+        },
         "scouting": {
             "multicast": { "enabled": cfg.multicast_scouting },
             "gossip": { "enabled": true },
@@ -77,12 +87,9 @@ mod tests {
     #[test]
     fn plain_tcp_and_lonely_configs_are_refused_with_the_fix() {
         let tls = NodeTls::in_dir(std::path::Path::new("/tls"));
-        let err = zenoh_config(
-            &cfg("trust_domain: a\nlisten: [tcp/0.0.0.0:7447]"),
-            &tls,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = zenoh_config(&cfg("trust_domain: a\nlisten: [tcp/0.0.0.0:7447]"), &tls)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tls/10.0.0.2:7447"), "{err}");
         let err = zenoh_config(&cfg("trust_domain: a"), &tls)
             .unwrap_err()

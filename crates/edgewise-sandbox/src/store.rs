@@ -203,6 +203,11 @@ impl ComponentStore {
 
     /// Installed components by name.
     pub fn list(&self) -> Result<Vec<InstalledComponent>, SandboxError> {
+        self.names()?.iter().map(|n| self.get(n)).collect()
+    }
+
+    /// Names of the installed components, sorted; reads no component.
+    pub fn names(&self) -> Result<Vec<String>, SandboxError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -215,7 +220,7 @@ impl ComponentStore {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        names.iter().map(|n| self.get(n)).collect()
+        Ok(names)
     }
 
     pub fn remove(&self, name: &str) -> Result<(), SandboxError> {

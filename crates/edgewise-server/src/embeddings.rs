@@ -2,6 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -21,12 +22,14 @@ struct EmbeddingsBody {
     encoding_format: Option<String>,
 }
 
-pub async fn embeddings(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: EmbeddingsBody = parse_body(&body)?;
+pub async fn embeddings(State(state): State<AppState>, raw: Bytes) -> Result<Response, ApiError> {
+    let body: EmbeddingsBody = parse_body(&raw)?;
     let Some(lazy) = state.embedder.as_ref().filter(|e| e.name == body.model) else {
+        if let Some(answer) =
+            crate::mesh::offload(&state, "/v1/embeddings", &body.model, &raw).await
+        {
+            return answer;
+        }
         return Err(ApiError::model_not_found(
             &body.model,
             &state.served_models(),
@@ -81,5 +84,6 @@ pub async fn embeddings(
         .collect();
     Ok(Json(
         json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
-    ))
+    )
+    .into_response())
 }

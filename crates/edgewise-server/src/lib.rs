@@ -9,6 +9,7 @@ pub mod broker;
 mod components;
 mod embeddings;
 mod error;
+pub mod mesh;
 mod metrics;
 mod openai;
 mod state;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub(crate) agents: Option<Arc<AgentHub>>,
     /// KV, documents and knowledge; `None` on a node started without agents.
     pub(crate) node_state: Option<Arc<NodeState>>,
+    /// `None` on a node outside any mesh.
+    pub(crate) mesh: Option<Arc<mesh::Mesh>>,
 }
 
 /// Shared by all handlers behind one `Arc`.
@@ -72,7 +75,23 @@ impl AppState {
             context_per_request,
             agents: None,
             node_state: None,
+            mesh: None,
         }
+    }
+
+    /// Offloads requests for models only neighbours serve, and serves `/v1/mesh`. The mesh's
+    /// call handler must come from this state before this call (`mesh::call_handler`).
+    pub fn with_mesh(
+        mut self,
+        node: edgewise_mesh::MeshNode,
+        metrics: Arc<mesh::MeshMetrics>,
+    ) -> Self {
+        self.mesh = Some(Arc::new(mesh::Mesh {
+            node,
+            metrics,
+            breakers: mesh::Breakers::default(),
+        }));
+        self
     }
 
     /// Serves the agents API from `hub`.
@@ -157,6 +176,7 @@ pub fn router(state: AppState) -> Router {
             post(state::import).layer(DefaultBodyLimit::max(256 << 20)),
         )
         .route("/v1/sync", get(state::sync_status).post(state::sync_now))
+        .route("/v1/mesh", get(mesh::status))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -97,6 +97,39 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Sequences being decoded.",
         s.active as f64,
     );
+    if let Some(mesh) = &state.mesh {
+        use std::sync::atomic::Ordering::Relaxed;
+        metric(
+            "edgewise_mesh_offloads_total",
+            "counter",
+            "Requests this node sent to a neighbour (each attempt).",
+            mesh.metrics.offloads.load(Relaxed) as f64,
+        );
+        metric(
+            "edgewise_mesh_offload_failures_total",
+            "counter",
+            "Offload attempts that got no answer (then the next node is tried).",
+            mesh.metrics.offload_failures.load(Relaxed) as f64,
+        );
+        metric(
+            "edgewise_mesh_retries_total",
+            "counter",
+            "Offload attempts on a further neighbour after one failed.",
+            mesh.metrics.retries.load(Relaxed) as f64,
+        );
+        metric(
+            "edgewise_mesh_breaker_trips_total",
+            "counter",
+            "Times a neighbour's circuit breaker opened.",
+            mesh.metrics.breaker_trips.load(Relaxed) as f64,
+        );
+        metric(
+            "edgewise_mesh_calls_served_total",
+            "counter",
+            "Calls from neighbours this node ran.",
+            mesh.metrics.calls_served.load(Relaxed) as f64,
+        );
+    }
     let _ = writeln!(out, "# HELP edgewise_http_requests_total HTTP requests by route and status.\n# TYPE edgewise_http_requests_total counter");
     if let Ok(m) = state.metrics.requests.lock() {
         for ((route, status), n) in m.iter() {

@@ -288,9 +288,16 @@ fn tool_calls_json(calls: &[edgewise_infer::ToolCall]) -> Value {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    body: Bytes,
+    raw: Bytes,
 ) -> Result<Response, ApiError> {
-    let body: ChatBody = parse_body(&body)?;
+    let body: ChatBody = parse_body(&raw)?;
+    if body.common.model != state.engine.info().name {
+        if let Some(answer) =
+            crate::mesh::offload(&state, "/v1/chat/completions", &body.common.model, &raw).await
+        {
+            return answer;
+        }
+    }
     let mut messages = normalize_messages(&body.messages)?;
     let tools: Vec<ToolSpec> = body
         .tools
@@ -326,7 +333,19 @@ pub async fn chat_completions(
     };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = state.engine.info().name.clone();
-    let (rx, first) = start(&state, req).await?;
+    let (rx, first) = match start(&state, req).await {
+        Err(busy) if busy.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            return crate::mesh::offload_when_busy(
+                &state,
+                "/v1/chat/completions",
+                &model,
+                &raw,
+                busy,
+            )
+            .await
+        }
+        started => started?,
+    };
     if body.common.stream {
         let stream = chat_stream(
             rx,
@@ -490,8 +509,15 @@ impl Drop for CancelOnDrop {
     }
 }
 
-pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let body: CompletionBody = parse_body(&body)?;
+pub async fn completions(State(state): State<AppState>, raw: Bytes) -> Result<Response, ApiError> {
+    let body: CompletionBody = parse_body(&raw)?;
+    if body.common.model != state.engine.info().name {
+        if let Some(answer) =
+            crate::mesh::offload(&state, "/v1/completions", &body.common.model, &raw).await
+        {
+            return answer;
+        }
+    }
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {
@@ -508,7 +534,13 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     req.constraint = response_format_constraint(body.response_format.as_ref())?;
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let model = state.engine.info().name.clone();
-    let (rx, first) = start(&state, req).await?;
+    let (rx, first) = match start(&state, req).await {
+        Err(busy) if busy.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            return crate::mesh::offload_when_busy(&state, "/v1/completions", &model, &raw, busy)
+                .await
+        }
+        started => started?,
+    };
     let created = now_secs();
     if body.common.stream {
         let include_usage = body.common.include_usage();

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_agent;
+mod bench_mesh;
 mod bench_vector;
 mod bench_wasm;
 mod chat;
@@ -10,6 +11,7 @@ mod component;
 mod eval;
 mod kb;
 mod kv;
+mod mesh;
 mod models;
 mod node;
 mod progress;
@@ -80,6 +82,9 @@ enum Command {
     /// Exchange pending changes with the upstream node named in the config's `sync:` section
     /// (KV namespaces, documents and collections listed there, nothing else).
     Sync(sync::SyncArgs),
+    /// The mesh of nodes: the trust domain's CA, node certificates, and what a serving node sees.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// Install, inspect and call Wasm components (tools and agent logic).
     #[command(subcommand)]
     Component(component::ComponentCommand),
@@ -127,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Kv(cmd) => kv::run(&node, cmd),
         Command::Kb(cmd) => kb::run(&node, cmd),
         Command::Sync(args) => sync::run(&node, args),
+        Command::Mesh(cmd) => mesh::run(&node, cmd),
         Command::Component(cmd) => component::run(&node, cmd),
         Command::Eval(cmd) => eval::run(&node, cmd),
     }
@@ -192,6 +198,8 @@ fn serve(
         h
     });
     let listen = listen.unwrap_or_else(|| node.config.listen.clone());
+    let (state_engine, embedding_model) =
+        (engine.clone(), embedder.as_ref().map(|e| e.name.clone()));
     let mut state = edgewise_server::AppState::new(
         engine.clone(),
         embedder.clone(),
@@ -228,6 +236,15 @@ fn serve(
             node.data.agents(),
         ))?;
         state = state.with_agents(hub);
+    }
+    if let Some(cfg) = node.config.mesh.clone() {
+        let metrics = Arc::new(edgewise_server::mesh::MeshMetrics::default());
+        let handler = edgewise_server::mesh::call_handler(&state, &cfg.share, metrics.clone());
+        let advert = mesh::advert_source(node, &cfg, state_engine.clone(), embedding_model.clone());
+        let member = rt.block_on(mesh::join(node, &cfg, advert, handler))?;
+        state = state.with_mesh(member, metrics);
+        let _runtime = rt.enter();
+        edgewise_server::mesh::spawn_share_sync(&state, cfg.share.clone());
     }
     rt.block_on(edgewise_server::serve(state, &listen))
 }

@@ -1,0 +1,719 @@
+//! The mesh with real nodes: each `edgewise serve` runs in a network namespace of its own, joined to
+//! the others by veth links on a bridge that lives in one more namespace. The test creates and
+//! removes them; no address outside 10.91.<n>.0/24 in those namespaces is ever contacted.
+//! Needs root (network namespaces) and the pulled models.
+
+mod support;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{edgewise, home, http, text, Guard};
+
+/// Namespaces of one test: a bridge and one namespace per node.
+struct Lan {
+    bridge: String,
+    nodes: Vec<String>,
+    subnet: u32,
+}
+
+static LANS: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2; make deps installs it)");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the mesh tests need root for network namespaces)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lan {
+    fn new(nodes: usize) -> Lan {
+        let n = LANS.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("ew{}x{n}", std::process::id());
+        let subnet = 91 + n;
+        let lan = Lan {
+            bridge: format!("{tag}-br"),
+            nodes: (0..nodes).map(|i| format!("{tag}-{i}")).collect(),
+            subnet,
+        };
+        ip(&["netns", "add", &lan.bridge]);
+        ip(&["-n", &lan.bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan.bridge, "link", "set", "br0", "up"]);
+        for (i, ns) in lan.nodes.iter().enumerate() {
+            let port = format!("p{i}");
+            ip(&["netns", "add", ns]);
+            ip(&[
+                "-n",
+                ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan.bridge,
+            ]);
+            ip(&[
+                "-n",
+                &lan.bridge,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", lan.addr(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    fn addr(&self, node: usize) -> String {
+        format!("10.91.{}.{}", self.subnet, node + 1)
+    }
+
+    /// Runs `f` on a thread inside node `i`'s namespace (its sockets stay there).
+    fn inside<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.nodes[i]);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread inside the namespace")
+        })
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.nodes.iter().chain([&self.bridge]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+const PORT: u16 = 8080;
+
+struct Node {
+    name: String,
+    home: tempfile::TempDir,
+    guard: Option<Guard>,
+}
+
+/// Writes `config.yaml` for a node of the LAN; `mesh_extra` is more of the `mesh:` section,
+/// each line indented by two spaces.
+fn configure(
+    home: &Path,
+    name: &str,
+    model: &str,
+    listen: &str,
+    connect: &[String],
+    mesh_extra: &str,
+) {
+    let connect: Vec<String> = connect.iter().map(|a| format!("tls/{a}:7447")).collect();
+    let yaml = format!(
+        "name: {name}\ndefault_model: {model}\nmqtt_listen: \"\"\nmesh:\n  trust_domain: plant\n  listen: [tls/{listen}:7447]\n  connect: [{}]\n{mesh_extra}",
+        connect.join(", ")
+    );
+    std::fs::write(home.join("config.yaml"), yaml).unwrap();
+}
+
+/// A CA for the trust domain `plant` in `pki`/ca, and node homes with certificates from it,
+/// configured to link to every other node of the LAN.
+fn plant_nodes(lan: &Lan, pki: &Path, names: &[&str], model: &str, mesh_extra: &str) -> Vec<Node> {
+    let ca = pki.join("ca");
+    if !ca.exists() {
+        run_ok(
+            pki,
+            &[
+                "mesh",
+                "ca",
+                "init",
+                "--domain",
+                "plant",
+                "--dir",
+                ca.to_str().unwrap(),
+            ],
+        );
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let node = Node {
+                name: (*name).to_owned(),
+                home: home(),
+                guard: None,
+            };
+            let tls = node.home.path().join("mesh");
+            run_ok(
+                pki,
+                &[
+                    "mesh",
+                    "cert",
+                    "issue",
+                    name,
+                    "--ca",
+                    ca.to_str().unwrap(),
+                    "--out",
+                    tls.to_str().unwrap(),
+                ],
+            );
+            let others: Vec<String> = (0..names.len())
+                .filter(|&j| j != i)
+                .map(|j| lan.addr(j))
+                .collect();
+            configure(
+                node.home.path(),
+                name,
+                model,
+                &lan.addr(i),
+                &others,
+                mesh_extra,
+            );
+            node
+        })
+        .collect()
+}
+
+fn run_ok(home: &Path, args: &[&str]) {
+    let out = edgewise(home).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "edgewise {}: {}",
+        args.join(" "),
+        text(&out)
+    );
+}
+
+fn start(lan: &Lan, i: usize, node: &mut Node) {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lan.nodes[i]])
+        .arg(env!("CARGO_BIN_EXE_edgewise"))
+        .args(["serve", "--no-embeddings", "--listen"])
+        .arg(format!("127.0.0.1:{PORT}"))
+        .env("EDGEWISE_HOME", node.home.path())
+        .env_remove("EDGEWISE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn edgewise serve in its namespace");
+    node.guard = Some(Guard(child));
+}
+
+fn wait_healthy(lan: &Lan, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lan.inside(i, || http(PORT, "GET", "/health", "").0) != 200 {
+        assert!(Instant::now() < deadline, "node {i} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mesh_of(lan: &Lan, i: usize) -> Value {
+    let (status, _, body) = lan.inside(i, || http(PORT, "GET", "/v1/mesh", ""));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Names of the peers node `i` sees alive with an advert.
+fn alive_peers(lan: &Lan, i: usize) -> Vec<String> {
+    let mut v: Vec<String> = mesh_of(lan, i)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["alive"] == true && p["advert"].is_object())
+        .map(|p| p["node"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsiders() {
+    // a, b, c: the plant's nodes (only b has the Qwen model); d: certificate from another CA;
+    // e: a self-signed certificate. d and e trust the plant's CA, so only the plant's checks
+    // can keep them out.
+    let lan = Lan::new(5);
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, foreign) = (pki.path().join("ca"), pki.path().join("foreign"));
+    let ca_s = ca.to_str().unwrap();
+    run_ok(
+        pki.path(),
+        &["mesh", "ca", "init", "--domain", "plant", "--dir", ca_s],
+    );
+    run_ok(
+        pki.path(),
+        &[
+            "mesh",
+            "ca",
+            "init",
+            "--domain",
+            "other",
+            "--dir",
+            foreign.to_str().unwrap(),
+        ],
+    );
+    let names = ["node-a", "node-b", "node-c", "node-d", "node-e"];
+    let models = [
+        "gemma-3-270m",
+        "qwen2.5-coder-0.5b-instruct",
+        "gemma-3-270m",
+        "gemma-3-270m",
+        "gemma-3-270m",
+    ];
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node {
+            name: (*n).to_owned(),
+            home: home(),
+            guard: None,
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let h = node.home.path();
+        let tls = h.join("mesh");
+        let tls_s = tls.to_str().unwrap();
+        match i {
+            3 => run_ok(
+                pki.path(),
+                &[
+                    "mesh",
+                    "cert",
+                    "issue",
+                    &node.name,
+                    "--ca",
+                    foreign.to_str().unwrap(),
+                    "--out",
+                    tls_s,
+                ],
+            ),
+            4 => {
+                // A certificate that signs itself, with the plant's CA as its trust anchor.
+                let own = pki.path().join("self");
+                run_ok(
+                    pki.path(),
+                    &[
+                        "mesh",
+                        "ca",
+                        "init",
+                        "--domain",
+                        "plant",
+                        "--dir",
+                        own.to_str().unwrap(),
+                    ],
+                );
+                std::fs::create_dir_all(&tls).unwrap();
+                std::fs::copy(own.join("ca.pem"), tls.join("node.pem")).unwrap();
+                std::fs::copy(own.join("ca.key"), tls.join("node.key")).unwrap();
+                std::fs::copy(ca.join("ca.pem"), tls.join("ca.pem")).unwrap();
+            }
+            _ => run_ok(
+                pki.path(),
+                &[
+                    "mesh", "cert", "issue", &node.name, "--ca", ca_s, "--out", tls_s,
+                ],
+            ),
+        }
+        let others: Vec<String> = (0..3).filter(|&j| j != i).map(|j| lan.addr(j)).collect();
+        configure(h, &node.name, models[i], &lan.addr(i), &others, "");
+        if i == 0 {
+            // One sequence and no queue: a second request finds a full.
+            let mut cfg = std::fs::read_to_string(h.join("config.yaml")).unwrap();
+            cfg.push_str("parallel: 1\nqueue_depth: 0\n");
+            std::fs::write(h.join("config.yaml"), cfg).unwrap();
+        }
+    }
+
+    for i in 0..nodes.len() {
+        start(&lan, i, &mut nodes[i]);
+    }
+    for i in 0..nodes.len() {
+        wait_healthy(&lan, i);
+    }
+
+    // Discovery: every plant node sees the other two, adverts included, within 2 s of the last
+    // one serving.
+    let all_up = Instant::now();
+    let want = |i: usize| -> Vec<String> {
+        (0..3)
+            .filter(|&j| j != i)
+            .map(|j| names[j].to_owned())
+            .collect()
+    };
+    loop {
+        if (0..3).all(|i| alive_peers(&lan, i) == want(i)) {
+            break;
+        }
+        assert!(
+            all_up.elapsed() < Duration::from_secs(2),
+            "discovery took over 2 s: {:?}",
+            (0..3).map(|i| mesh_of(&lan, i)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let discovered = all_up.elapsed();
+    eprintln!(
+        "discovery complete {} ms after the last node served",
+        discovered.as_millis()
+    );
+    let advert_b = mesh_of(&lan, 0)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "node-b")
+        .unwrap()["advert"]
+        .clone();
+    assert_eq!(
+        advert_b["models"][0], "qwen2.5-coder-0.5b-instruct",
+        "{advert_b}"
+    );
+    assert_eq!(advert_b["trust_domain"], "plant", "{advert_b}");
+    assert_eq!(advert_b["role"], "peer", "{advert_b}");
+
+    // Offload: node a has only Gemma; a request for Qwen sent to a is answered by b.
+    let ask = |stream: bool| {
+        format!(
+            r#"{{"model":"qwen2.5-coder-0.5b-instruct","temperature":0,"stream":{stream},"messages":[{{"role":"user","content":"What is 17 + 25? Reply with just the number."}}]}}"#
+        )
+    };
+    let (status, head, body) = lan.inside(0, || {
+        http(PORT, "POST", "/v1/chat/completions", &ask(false))
+    });
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-edgewise-node: node-b"),
+        "{head}"
+    );
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["model"], "qwen2.5-coder-0.5b-instruct", "{answer}");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        "42",
+        "{answer}"
+    );
+    assert!(
+        answer["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+
+    // Streamed through a: SSE events as b produces them, ending in [DONE].
+    let (status, head, body) =
+        lan.inside(0, || http(PORT, "POST", "/v1/chat/completions", &ask(true)));
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let streamed: String = events
+        .iter()
+        .filter(|e| **e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed.trim(), "42", "{body}");
+    assert!(events.len() >= 3, "expected several events: {body}");
+    assert_eq!(mesh_of(&lan, 0)["offloads"], 2);
+    assert_eq!(mesh_of(&lan, 1)["calls_served"], 2);
+    assert_eq!(mesh_of(&lan, 0)["breakers"]["node-b"], "closed");
+
+    // A model nobody serves is still a plain 404.
+    let (status, _, body) = lan.inside(0, || {
+        http(
+            PORT,
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+        )
+    });
+    assert_eq!(status, 404, "{body}");
+
+    // Capacity: a serves one sequence and queues none. While a long generation holds it, a
+    // request for a's own model runs on c, the other plant node that serves it.
+    let (first_line, status, head, body) = lan.inside(0, || {
+        let long = r#"{"model":"gemma-3-270m","prompt":"Once upon a time","max_tokens":400,"temperature":0,"stream":true}"#;
+        let held = support::connect(PORT, "POST", "/v1/completions", long).unwrap();
+        let mut reader = std::io::BufReader::new(held);
+        let mut first_line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first_line).unwrap();
+        let short = r#"{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":4,"temperature":0}"#;
+        let (status, head, body) = http(PORT, "POST", "/v1/completions", short);
+        (first_line, status, head, body)
+    });
+    assert!(first_line.contains(" 200"), "{first_line}");
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-edgewise-node: node-c"),
+        "{head}"
+    );
+
+    // Outsiders: d (foreign CA) and e (self-signed) have tried to link to a, b and c all along;
+    // nobody lets them in, so they see no one and nobody sees them.
+    for i in 0..3 {
+        let seen = mesh_of(&lan, i).to_string();
+        assert!(
+            !seen.contains("node-d") && !seen.contains("node-e"),
+            "{seen}"
+        );
+    }
+    for i in 3..5 {
+        assert!(alive_peers(&lan, i).is_empty(), "{}", mesh_of(&lan, i));
+        let (status, _, body) = lan.inside(i, || {
+            http(PORT, "POST", "/v1/chat/completions", &ask(false))
+        });
+        assert_eq!(status, 404, "{} must not reach node-b: {body}", names[i]);
+    }
+
+    // Leaving: kill -9 of c is noticed by a within 2 s.
+    let killed = Instant::now();
+    drop(nodes[2].guard.take());
+    loop {
+        let c = mesh_of(&lan, 0)["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == "node-c")
+            .cloned()
+            .unwrap();
+        if c["alive"] == false {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "node-c still alive: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "node-c's departure seen by node-a after {} ms",
+        killed.elapsed().as_millis()
+    );
+}
+
+/// Whether every node of `nodes` sees all the others alive.
+fn all_linked(lan: &Lan, nodes: &[&str]) -> bool {
+    (0..nodes.len()).all(|i| {
+        let mut want: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| (*n).to_owned())
+            .collect();
+        want.sort();
+        alive_peers(lan, i) == want
+    })
+}
+
+/// What node `i` holds of the shared state: the document's entries and the collection's
+/// version vector and chunks.
+fn shared_state(lan: &Lan, i: usize) -> (Value, Value, Value) {
+    let (status, _, doc) = lan.inside(i, || http(PORT, "GET", "/v1/docs/plant", ""));
+    assert_eq!(status, 200, "{doc}");
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let (status, _, delta) =
+        lan.inside(i, || http(PORT, "POST", "/v1/knowledge/notes/export", "{}"));
+    let delta: Value = if status == 200 {
+        serde_json::from_str(&delta).unwrap()
+    } else {
+        Value::Null
+    };
+    // Chunks without their vectors (copied with the text): short enough to print.
+    let chunks: Vec<Value> = delta["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| serde_json::json!([c["id"], c["stamp"], c["chunk"]["text"]]))
+        .collect();
+    (
+        doc["entries"].clone(),
+        delta["version"].clone(),
+        chunks.into(),
+    )
+}
+
+/// A delta of collection `notes` holding one chunk, `valve#0`, written by a store of its own
+/// (real MiniLM embeddings), so two writers make conflicting versions of the same chunk.
+fn written_delta(pki: &Path, writer: &str, note: &str) -> String {
+    let home = home();
+    let dir = pki.join(writer);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("valve.md");
+    std::fs::write(&file, note).unwrap();
+    run_ok(home.path(), &["kb", "create", "notes", "--shareable"]);
+    run_ok(home.path(), &["kb", "add", "notes", file.to_str().unwrap()]);
+    let out = edgewise(home.path())
+        .args(["kb", "export", "notes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_healed_partition_converges_shared_documents_and_collections() {
+    let pki = tempfile::tempdir().unwrap();
+    // Two writers' versions of the same chunk, made before the nodes start (MiniLM runs here,
+    // not on the nodes).
+    let delta_a = written_delta(
+        pki.path(),
+        "writer-a",
+        "# Valve V-4\n\nValve V-4 in zone 4 was opened at 10:02 after the pressure alarm.",
+    );
+    let delta_c = written_delta(
+        pki.path(),
+        "writer-c",
+        "# Valve V-4\n\nValve V-4 in zone 4 stays closed until the relief line is inspected.",
+    );
+
+    let lan = Lan::new(3);
+    let names = ["node-a", "node-b", "node-c"];
+    let share = "  share:\n    documents: [plant]\n    collections: [notes]\n";
+    let mut nodes = plant_nodes(&lan, pki.path(), &names, "gemma-3-270m", share);
+    for i in 0..3 {
+        start(&lan, i, &mut nodes[i]);
+    }
+    for i in 0..3 {
+        wait_healthy(&lan, i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_linked(&lan, &names) {
+        assert!(Instant::now() < deadline, "the nodes did not link");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Shared while linked: a write on b reaches a and c.
+    let patch = |i: usize, body: &str| {
+        let (status, _, out) = lan.inside(i, || http(PORT, "PATCH", "/v1/docs/plant", body));
+        assert_eq!(status, 200, "{out}");
+    };
+    patch(1, r#"{"set": {"zone1/pump": "on"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(0..3).all(|i| shared_state(&lan, i).0["zone1/pump"]["value"] == "on") {
+        assert!(Instant::now() < deadline, "b's write did not reach a and c");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Partition: a's link goes down; both sides notice.
+    ip(&["-n", &lan.nodes[0], "link", "set", "eth0", "down"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(alive_peers(&lan, 0).is_empty() && alive_peers(&lan, 1) == ["node-c"]) {
+        assert!(Instant::now() < deadline, "the partition was not noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Concurrent conflicting writes on both sides: the same key of the document and the same
+    // chunk of the collection.
+    patch(
+        0,
+        r#"{"set": {"zone4/valve": "open", "zone4/by": "node-a"}}"#,
+    );
+    patch(2, r#"{"set": {"zone4/valve": "closed"}}"#);
+    let import = |i: usize, delta: &str| {
+        let (status, _, out) = lan.inside(i, || {
+            http(
+                PORT,
+                "POST",
+                "/v1/knowledge/notes/import?shareable=true",
+                delta,
+            )
+        });
+        assert_eq!(status, 200, "{out}");
+    };
+    import(0, &delta_a);
+    import(2, &delta_c);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a, b, c) = (
+        shared_state(&lan, 0),
+        shared_state(&lan, 1),
+        shared_state(&lan, 2),
+    );
+    assert_eq!(a.0["zone4/valve"]["value"], "open", "{a:?}");
+    assert_eq!(c.0["zone4/valve"]["value"], "closed", "{c:?}");
+    assert_eq!(b, c, "b and c are still linked");
+    assert_ne!(a, c, "a is cut off");
+
+    // Heal: within 2 s every node holds the same state, with the same winners.
+    ip(&["-n", &lan.nodes[0], "link", "set", "eth0", "up"]);
+    let healed = Instant::now();
+    loop {
+        let states: Vec<_> = (0..3).map(|i| shared_state(&lan, i)).collect();
+        if states.iter().all(|s| *s == states[0]) {
+            let (doc, version, changes) = &states[0];
+            assert_eq!(doc["zone4/by"]["value"], "node-a", "{doc}");
+            assert_eq!(doc["zone1/pump"]["value"], "on", "{doc}");
+            let valve = &doc["zone4/valve"];
+            let both = [valve["value"].clone(), valve["conflicts"][0].clone()];
+            assert!(
+                both.contains(&"open".into()) && both.contains(&"closed".into()),
+                "the losing write stays visible as a conflict: {valve}"
+            );
+            assert_eq!(version.as_object().unwrap().len(), 2, "{version}");
+            let chunks = changes.as_array().unwrap();
+            assert_eq!(chunks.len(), 1, "{changes}");
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(2),
+            "not converged 2 s after healing: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "all three nodes identical {} ms after the partition healed",
+        healed.elapsed().as_millis()
+    );
+
+    // Only what mesh.share lists leaves a node: a document b does not share stays on b.
+    let (status, _, out) = lan.inside(1, || {
+        http(
+            PORT,
+            "PATCH",
+            "/v1/docs/shift-notes",
+            r#"{"set": {"who": "b only"}}"#,
+        )
+    });
+    assert_eq!(status, 200, "{out}");
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in [0, 2] {
+        let (_, _, docs) = lan.inside(i, || http(PORT, "GET", "/v1/docs", ""));
+        assert!(!docs.contains("shift-notes"), "{docs}");
+    }
+}
