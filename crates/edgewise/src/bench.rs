@@ -49,6 +49,9 @@ enum BenchWhat {
     /// The knowledge collections' HNSW index: recall@k against exact search, query latency,
     /// build time and memory, on synthetic embeddings (see bench/vector-compare.sh for FAISS).
     Vector(crate::bench_vector::VectorBenchArgs),
+    /// Three nodes on loopback: what offloading a request to a neighbour adds, and how soon the
+    /// caller gets its answer after the node running it is killed.
+    Mesh(crate::bench_mesh::MeshBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -120,6 +123,7 @@ pub fn run(node: &Node, a: BenchArgs) -> Result<()> {
         Some(BenchWhat::Agent(args)) => return crate::bench_agent::run(node, args),
         Some(BenchWhat::Wasm(args)) => return crate::bench_wasm::run(node, args),
         Some(BenchWhat::Vector(args)) => return crate::bench_vector::run(args),
+        Some(BenchWhat::Mesh(args)) => return crate::bench_mesh::run(node, args),
         None => {}
     }
     if a.pp == 0 && a.tg == 0 {
