@@ -248,6 +248,13 @@ pub async fn serve(state: AppState, listen: &str) -> anyhow::Result<()> {
             hub.cancel_all(std::time::Duration::from_secs(10)).await;
         }
     };
+    // No Nagle: streamed answers (SSE tokens, offloaded bodies) are many small writes, and a
+    // client that delays its ACKs would otherwise see each held back by up to 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

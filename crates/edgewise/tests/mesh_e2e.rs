@@ -23,6 +23,9 @@ struct Lan {
 
 static LANS: AtomicU32 = AtomicU32::new(0);
 
+/// One LAN of model-serving nodes at a time: several on two cores starve each other's leases.
+static ONE_LAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
@@ -258,6 +261,7 @@ fn alive_peers(lan: &Lan, i: usize) -> Vec<String> {
 
 #[test]
 fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsiders() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
     // a, b, c: the plant's nodes (only b has the Qwen model); d: certificate from another CA;
     // e: a self-signed certificate. d and e trust the plant's CA, so only the plant's checks
     // can keep them out.
@@ -589,6 +593,7 @@ fn written_delta(pki: &Path, writer: &str, note: &str) -> String {
 
 #[test]
 fn a_healed_partition_converges_shared_documents_and_collections() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
     let pki = tempfile::tempdir().unwrap();
     // Two writers' versions of the same chunk, made before the nodes start (MiniLM runs here,
     // not on the nodes).
