@@ -26,6 +26,7 @@ pub fn zenoh_config(cfg: &MeshConfig, tls: &NodeTls) -> Result<zenoh::Config, Me
                 "period_increase_factor": 2.0,
             },
         },
+        "access_control": access_control(),
         "scouting": {
             "multicast": { "enabled": cfg.multicast_scouting },
             "gossip": { "enabled": true },
@@ -46,6 +47,43 @@ pub fn zenoh_config(cfg: &MeshConfig, tls: &NodeTls) -> Result<zenoh::Config, Me
         }},
     });
     zenoh::Config::from_json5(&config.to_string()).map_err(|e| MeshError::Config(e.to_string()))
+}
+
+/// Zenoh's access control, default deny: over the mesh's links a node may only take part in
+/// presence (`edgewise/node/*`), adverts (`edgewise/advert/*`) and calls (`edgewise/call/*`).
+/// Anything else a linked process publishes, subscribes or queries is dropped at both ends, so
+/// a member cannot use the mesh as a general bus into other nodes.
+fn access_control() -> serde_json::Value {
+    let both = ["ingress", "egress"];
+    json!({
+        "enabled": true,
+        "default_permission": "deny",
+        "rules": [
+            {
+                "id": "presence",
+                "messages": ["liveliness_token", "declare_liveliness_subscriber", "liveliness_query"],
+                "flows": both,
+                "permission": "allow",
+                "key_exprs": [format!("{}*", crate::NODE_PREFIX)],
+            },
+            {
+                "id": "adverts",
+                "messages": ["put", "declare_subscriber"],
+                "flows": both,
+                "permission": "allow",
+                "key_exprs": [format!("{}*", crate::ADVERT_PREFIX)],
+            },
+            {
+                "id": "calls",
+                "messages": ["query", "declare_queryable", "reply"],
+                "flows": both,
+                "permission": "allow",
+                "key_exprs": [format!("{}*", crate::CALL_PREFIX)],
+            },
+        ],
+        "subjects": [{ "id": "mesh-links", "link_protocols": ["tls"] }],
+        "policies": [{ "rules": ["presence", "adverts", "calls"], "subjects": ["mesh-links"] }],
+    })
 }
 
 fn check(cfg: &MeshConfig) -> Result<(), MeshError> {
