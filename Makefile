@@ -8,7 +8,7 @@ BIN := $(or $(CARGO_TARGET_DIR),target)/release/edgewise
 # Models and downloads live outside the clone so they survive fresh clones.
 export EDGEWISE_HOME ?= $(HOME)/.local/share/edgewise
 VENV := .venv
-APT_PACKAGES := cmake clang libclang-dev mosquitto mosquitto-clients iproute2
+APT_PACKAGES := cmake clang libclang-dev mosquitto mosquitto-clients iproute2 tcpdump
 
 .PHONY: all deps build components models venv demo test bench fmt clean
 
@@ -22,6 +22,7 @@ deps:
 	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto mosquitto-clients"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v tcpdump >/dev/null || missing="$$missing tcpdump"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \

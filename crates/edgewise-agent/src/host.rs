@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use edgewise_core::{AgentSpec, DataDir, NodeConfig};
+use edgewise_core::{AgentSpec, AuditContent, DataDir, NodeConfig};
 use edgewise_infer::{Engine, LazyEmbedder};
 use edgewise_store::{AuditLog, AuditRecord, Kv};
 
@@ -69,6 +69,17 @@ impl AgentHost {
             detail: r.error.clone(),
             ..Default::default()
         })?;
+        Ok(())
+    }
+
+    /// Appends a record about a run this node placed on another node (`rec.node` names the node
+    /// that did it), keeping only digests when the node's `audit_content` says so.
+    pub fn audit_placed(&self, mut rec: AuditRecord) -> Result<(), AgentError> {
+        if self.config.audit_content == AuditContent::Digest {
+            rec.arguments = None;
+            rec.result = None;
+        }
+        self.audit.append(&rec)?;
         Ok(())
     }
 

@@ -72,6 +72,33 @@ pub struct StepRecord {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_reason: Option<String>,
+    /// Set when a neighbour ran this step (the run was placed on the mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl StepRecord {
+    /// The step's audit record: what was called with what, what came back, in what time.
+    /// `run_model` is the run's model, for steps that did not name another.
+    pub fn audit_record(&self, run_model: &str) -> AuditRecord {
+        AuditRecord {
+            kind: "step".into(),
+            step: Some(self.step),
+            model: Some(self.model.clone().unwrap_or_else(|| run_model.to_owned())),
+            tool: self.tool.clone(),
+            arguments: self.arguments.clone(),
+            arguments_sha256: self
+                .arguments
+                .as_ref()
+                .map(|a| sha256_hex(a.to_string().as_bytes())),
+            result: Some(self.observation.clone()),
+            result_sha256: Some(sha256_hex(self.observation.as_bytes())),
+            result_bytes: Some(self.observation.len() as u64),
+            decision: self.decision.clone(),
+            duration_ms: (self.generation_ms + self.tool_ms) as u64,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +108,7 @@ pub enum StepEvent {
     Finished(RunOutcome),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOutcome {
     pub agent: String,
     pub run: String,
@@ -363,7 +390,7 @@ impl Agent {
                 ..Default::default()
             })?;
             self.runs.save(&record)?;
-            let outcome = outcome_of(&record);
+            let outcome = record.outcome();
             emit(StepEvent::Finished(outcome.clone()));
             return Ok(outcome);
         }
@@ -402,18 +429,7 @@ impl Agent {
         }
         record.ended =
             Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-        self.audit(AuditRecord {
-            kind: "run_end".into(),
-            run: run.clone(),
-            decision: serde_json::to_value(record.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            result: record.answer.clone(),
-            result_sha256: record.answer.as_ref().map(|a| sha256_hex(a.as_bytes())),
-            detail: record.error.clone(),
-            ..Default::default()
-        })?;
+        self.audit(record.end_audit())?;
         self.runs.save(&record)?;
         if record.status == RunStatus::Completed && self.spec.cache.ttl.is_some() {
             if let Some(answer) = &record.answer {
@@ -424,7 +440,7 @@ impl Agent {
                 )?;
             }
         }
-        let outcome = outcome_of(&record);
+        let outcome = record.outcome();
         emit(StepEvent::Finished(outcome.clone()));
         Ok(outcome)
     }
@@ -553,6 +569,7 @@ impl Agent {
                 tool_ms: 0.0,
                 model: gen.model,
                 offload_reason: gen.offload_reason,
+                node: None,
             };
             let prompt_sha = sha256_hex(prompt.as_bytes());
 
@@ -656,28 +673,14 @@ impl Agent {
         emit: &impl Fn(StepEvent),
     ) -> Result<(), AgentError> {
         self.audit(AuditRecord {
-            kind: "step".into(),
             run: record.run.clone(),
-            step: Some(rec.step),
-            model: Some(rec.model.clone().unwrap_or_else(|| record.model.clone())),
             prompt_sha256: Some(prompt_sha.to_owned()),
-            tool: rec.tool.clone(),
-            arguments: rec.arguments.clone(),
-            arguments_sha256: rec
-                .arguments
-                .as_ref()
-                .map(|a| sha256_hex(a.to_string().as_bytes())),
-            result: Some(rec.observation.clone()),
-            result_sha256: Some(sha256_hex(rec.observation.as_bytes())),
-            result_bytes: Some(rec.observation.len() as u64),
-            decision: rec.decision.clone(),
             detail: match (&rec.offload_reason, detail) {
                 (Some(why), Some(d)) => Some(format!("{d}; offloaded: {why}")),
                 (Some(why), None) => Some(format!("offloaded: {why}")),
                 (None, d) => d,
             },
-            duration_ms: (rec.generation_ms + rec.tool_ms) as u64,
-            ..Default::default()
+            ..rec.audit_record(&record.model)
         })?;
         record.steps.push(rec.clone());
         self.runs.save(record)?;
@@ -1018,19 +1021,6 @@ pub(crate) async fn generate(
         }
     }
     Err(InferError::EngineStopped)
-}
-
-fn outcome_of(r: &RunRecord) -> RunOutcome {
-    RunOutcome {
-        agent: r.agent.clone(),
-        run: r.run.clone(),
-        status: r.status,
-        answer: r.answer.clone(),
-        error: r.error.clone(),
-        cached: r.cached,
-        summaries: r.summaries,
-        steps: r.steps.clone(),
-    }
 }
 
 fn humanize(d: Duration) -> String {

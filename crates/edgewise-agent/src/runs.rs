@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use edgewise_store::{Kv, StoreError};
+use edgewise_store::{sha256_hex, AuditRecord, Kv, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{RunStatus, StepRecord};
+use crate::runner::{RunOutcome, RunStatus, StepRecord};
 
 const RUNS: &str = "edgewise.runs";
 
@@ -32,6 +32,39 @@ pub struct RunRecord {
     pub cached: bool,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+}
+
+impl RunRecord {
+    /// What the run's caller receives once it has ended.
+    pub fn outcome(&self) -> RunOutcome {
+        RunOutcome {
+            agent: self.agent.clone(),
+            run: self.run.clone(),
+            status: self.status,
+            answer: self.answer.clone(),
+            error: self.error.clone(),
+            cached: self.cached,
+            summaries: self.summaries,
+            steps: self.steps.clone(),
+        }
+    }
+
+    /// The `run_end` audit record of the ended run; whoever appends it names the node.
+    pub fn end_audit(&self) -> AuditRecord {
+        AuditRecord {
+            kind: "run_end".into(),
+            agent: self.agent.clone(),
+            run: self.run.clone(),
+            decision: serde_json::to_value(self.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            result: self.answer.clone(),
+            result_sha256: self.answer.as_ref().map(|a| sha256_hex(a.as_bytes())),
+            detail: self.error.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone)]

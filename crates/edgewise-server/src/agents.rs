@@ -42,15 +42,31 @@ pub struct AgentHub {
     /// What components called through the components API reach: the node's model, KV and
     /// embedder (no agent's tools).
     pub(crate) component_services: Arc<dyn edgewise_sandbox::HostServices>,
+    /// Set once the node has joined its mesh: where runs of agents placed on the mesh go.
+    pub(crate) mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
 }
 
-struct Registered {
-    agent: Agent,
-    source: String,
+pub(crate) struct Registered {
+    pub(crate) spec: AgentSpec,
+    /// The model its runs use (catalog name).
+    pub(crate) model: String,
+    tool_names: Vec<String>,
+    pub(crate) run_on: RunOn,
+    /// The spec's text as registered (also what a placed run sends).
+    pub(crate) source: String,
     base_dir: PathBuf,
     warning: Option<String>,
     /// Stops this registration's MQTT triggers (on unregister or replace).
     triggers: CancellationToken,
+}
+
+/// Where the runs of a registered agent execute.
+pub(crate) enum RunOn {
+    /// This node serves the agent's model.
+    Here(Agent),
+    /// Only neighbours serve it: each run is placed on one of them (`mesh_runs`). The cloud agent
+    /// is the last resort; `Err` says why there is none (policy or config).
+    Mesh { cloud: Result<Agent, String> },
 }
 
 impl Drop for Registered {
@@ -75,6 +91,10 @@ impl AgentHub {
         &self.host.components
     }
 
+    pub(crate) fn host(&self) -> &AgentHost {
+        &self.host
+    }
+
     /// Re-registers the specs stored by earlier runs of the node (and starts their triggers); one
     /// that no longer loads is skipped with a warning (it stays stored, so fixing the node config
     /// brings it back).
@@ -93,6 +113,7 @@ impl AgentHub {
             default_base_dir,
             agents: RwLock::default(),
             active: Mutex::default(),
+            mesh: std::sync::OnceLock::new(),
         });
         for (id, bytes) in hub.host.kv.list(REGISTRY)? {
             let stored: StoredSpec = match serde_json::from_slice(&bytes) {
@@ -102,7 +123,7 @@ impl AgentHub {
                     continue;
                 }
             };
-            let registered = match hub.build(&stored.source, stored.base_dir).await {
+            let registered = match hub.build(&stored.source, stored.base_dir, true).await {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message);
@@ -120,7 +141,7 @@ impl AgentHub {
     /// Subscribes the agent's `subscribe: true` capabilities; each message starts a run, one at a
     /// time per agent (messages beyond a short queue are dropped with a warning).
     async fn start_triggers(self: &Arc<Self>, reg: &Arc<Registered>) -> Result<(), ApiError> {
-        let spec = &reg.agent.spec;
+        let spec = &reg.spec;
         let mut resolved = Vec::new();
         for t in triggers(spec, &self.host.config) {
             let addr = t
@@ -154,24 +175,26 @@ impl AgentHub {
                 let (Some(msg), Some(reg)) = (msg, weak.upgrade()) else {
                     break;
                 };
-                let (_, mut events) = hub.spawn_run(reg, msg.task(), None);
+                let (_, mut events) = hub.spawn_run(reg, msg.task(), None, None);
                 while events.recv().await.is_some() {}
             }
         });
         Ok(())
     }
 
-    /// Starts a run as a node task; its steps arrive on the returned channel, which closes when
-    /// the run has ended (whether or not anyone listens).
+    /// Starts a run as a node task (here or on the mesh); its steps arrive on the returned
+    /// channel, which closes when the run has ended (whether or not anyone listens). `run` is
+    /// the id of a run a neighbour placed here; `None` makes a new one.
     fn spawn_run(
         self: &Arc<Self>,
         reg: Arc<Registered>,
         task: String,
         seed: Option<u32>,
+        run: Option<String>,
     ) -> (String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>) {
-        let run = new_run_id();
+        let run = run.unwrap_or_else(new_run_id);
         let cancel = CancellationToken::new();
-        let agent = reg.agent.spec.agent_id.clone();
+        let agent = reg.spec.agent_id.clone();
         self.active().insert(
             run.clone(),
             Active {
@@ -189,12 +212,33 @@ impl AgentHub {
         let hub = self.clone();
         let id = run.clone();
         tokio::spawn(async move {
-            if let Err(e) = reg.agent.run(&task, opts, Some(tx)).await {
+            let ran = match &reg.run_on {
+                RunOn::Here(a) => a.run(&task, opts, Some(tx)).await.map(drop),
+                RunOn::Mesh { .. } => {
+                    crate::mesh_runs::run_on_mesh(&hub, &reg, &task, opts, tx).await
+                }
+            };
+            if let Err(e) = ran {
                 tracing::error!(agent = %agent, run = %id, "run stopped by a node failure: {e}");
             }
             hub.active().remove(&id);
         });
         (run, rx)
+    }
+
+    /// Runs a spec a neighbour placed here, under the neighbour's run id. Only for agents whose
+    /// model this node serves; relative paths in the spec resolve against the agents directory.
+    pub(crate) async fn run_placed(
+        self: &Arc<Self>,
+        source: &str,
+        task: String,
+        seed: Option<u32>,
+        run: String,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<StepEvent>, ApiError> {
+        let reg = self
+            .build(source, self.default_base_dir.clone(), false)
+            .await?;
+        Ok(self.spawn_run(Arc::new(reg), task, seed, Some(run)).1)
     }
 
     fn read_agents(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Registered>>> {
@@ -209,7 +253,14 @@ impl AgentHub {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn build(&self, source: &str, base_dir: PathBuf) -> Result<Registered, ApiError> {
+    /// Loads `source`. An agent whose model this node does not serve is placed on the mesh when
+    /// `on_mesh` and the node is in one; otherwise it is refused with what to do.
+    async fn build(
+        &self,
+        source: &str,
+        base_dir: PathBuf,
+        on_mesh: bool,
+    ) -> Result<Registered, ApiError> {
         let spec = AgentSpec::parse(source, std::path::Path::new("spec"))
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         let choice = choose_model(&spec, &self.host.config, None, |n| {
@@ -217,9 +268,10 @@ impl AgentHub {
         })
         .map_err(ApiError::unprocessable)?;
         let served = &self.engine.info().name;
-        if &choice.model != served {
+        let here = &choice.model == served;
+        if !here && !(on_mesh && self.host.config.mesh.is_some()) {
             return Err(ApiError::unprocessable(format!(
-                "agent '{}' needs model '{}', but this node serves '{served}' (start the node with `edgewise serve --model {}`)",
+                "agent '{}' needs model '{}', but this node serves '{served}' (start the node with `edgewise serve --model {}`, or join a mesh whose nodes serve it)",
                 spec.agent_id, choice.model, choice.model
             )));
         }
@@ -228,8 +280,20 @@ impl AgentHub {
             .tools(&spec, &base_dir)
             .await
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        let tool_names = tools.0.specs().iter().map(|t| t.name.clone()).collect();
+        let run_on = if here {
+            RunOn::Here(self.host.agent(spec.clone(), tools, self.engine.clone()))
+        } else {
+            let cloud = self.host.cloud_agent(spec.clone(), tools);
+            RunOn::Mesh {
+                cloud: cloud.map_err(|e| e.to_string()),
+            }
+        };
         Ok(Registered {
-            agent: self.host.agent(spec, tools, self.engine.clone()),
+            spec,
+            model: choice.model,
+            tool_names,
+            run_on,
             source: source.to_owned(),
             base_dir,
             warning: choice.warning,
@@ -263,12 +327,13 @@ pub(crate) fn hub(state: &AppState) -> Result<&Arc<AgentHub>, ApiError> {
 }
 
 fn summary(r: &Registered) -> Value {
-    let spec = &r.agent.spec;
+    let spec = &r.spec;
     json!({
         "id": spec.agent_id,
         "version": spec.version,
-        "model": r.agent.model_name(),
-        "tools": r.agent.tools().specs().iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "model": r.model,
+        "runs_on": match r.run_on { RunOn::Here(_) => "this node", RunOn::Mesh { .. } => "mesh" },
+        "tools": r.tool_names,
         "egress_allowed": spec.workflow_policy.egress_allowed,
         "base_dir": r.base_dir,
         "warning": r.warning,
@@ -307,9 +372,9 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
         ))
         .param("base_dir"));
     }
-    let registered = Arc::new(hub.build(&source, base_dir.clone()).await?);
+    let registered = Arc::new(hub.build(&source, base_dir.clone(), true).await?);
     hub.start_triggers(&registered).await?;
-    let id = registered.agent.spec.agent_id.clone();
+    let id = registered.spec.agent_id.clone();
     hub.host
         .kv
         .set_json(
@@ -405,7 +470,7 @@ pub async fn start_run(
     if body.task.trim().is_empty() {
         return Err(ApiError::bad_request("the task is empty").param("task"));
     }
-    let (run, rx) = hub.spawn_run(r, body.task, body.seed);
+    let (run, rx) = hub.spawn_run(r, body.task, body.seed, None);
 
     if body.stream {
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);

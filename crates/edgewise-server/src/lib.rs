@@ -10,6 +10,7 @@ mod components;
 mod embeddings;
 mod error;
 pub mod mesh;
+mod mesh_runs;
 mod metrics;
 mod openai;
 mod state;
@@ -79,18 +80,23 @@ impl AppState {
         }
     }
 
-    /// Offloads requests for models only neighbours serve, and serves `/v1/mesh`. The mesh's
-    /// call handler must come from this state before this call (`mesh::call_handler`).
+    /// Offloads requests for models only neighbours serve (and runs of agents placed on the
+    /// mesh), and serves `/v1/mesh`. The mesh's call handler must come from this state before
+    /// this call (`mesh::call_handler`), and the agents, if any, must already be attached.
     pub fn with_mesh(
         mut self,
         node: edgewise_mesh::MeshNode,
         metrics: Arc<mesh::MeshMetrics>,
     ) -> Self {
-        self.mesh = Some(Arc::new(mesh::Mesh {
+        let mesh = Arc::new(mesh::Mesh {
             node,
             metrics,
             breakers: mesh::Breakers::default(),
-        }));
+        });
+        if let Some(hub) = &self.agents {
+            let _ = hub.mesh.set(mesh.clone());
+        }
+        self.mesh = Some(mesh);
         self
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use edgewise_core::{CircuitBreaker, MeshShare, SyncConfig};
@@ -27,9 +27,15 @@ use crate::AppState;
 /// A remote generation may stream for minutes; the caller's disconnect ends it sooner.
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The inference routes a neighbour may run on this node. Besides these, it may only sync the
-/// documents and collections of `mesh.share`; never agents, KV or anything else.
-const CALLABLE: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+/// The inference routes (and agent runs placed here) a neighbour may run on this node. Besides
+/// these, it may only sync the documents and collections of `mesh.share`; never the agents API,
+/// KV or anything else.
+const CALLABLE: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    crate::mesh_runs::PLACED_RUNS,
+];
 /// A sync call that takes longer than this counts as the neighbour being unreachable.
 const SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,6 +104,7 @@ pub fn call_handler(
         .route(CALLABLE[0], post(crate::openai::chat_completions))
         .route(CALLABLE[1], post(crate::openai::completions))
         .route(CALLABLE[2], post(crate::embeddings::embeddings))
+        .route(CALLABLE[3], post(crate::mesh_runs::serve_placed_run))
         .route("/v1/docs/{name}/sync", post(shared_doc_sync))
         .route("/v1/knowledge", get(shared_collections))
         .route("/v1/knowledge/{c}/export", post(shared_export))
@@ -181,7 +188,7 @@ impl CallHandler for LocalCalls {
     async fn call(&self, request: CallRequest) -> CallResponse {
         let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
             let message = format!("'{}' is not an HTTP method", request.method);
-            return error_response(StatusCode::BAD_REQUEST, &message);
+            return call_response(ApiError::bad_request(message).into_response());
         };
         if CALLABLE.contains(&request.path.as_str()) {
             self.metrics.calls_served.fetch_add(1, Ordering::Relaxed);
@@ -191,44 +198,35 @@ impl CallHandler for LocalCalls {
             .uri(&request.path)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(request.body));
-        let http = match http {
-            Ok(r) => r,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        let response = match http {
+            Ok(http) => match self.router.clone().oneshot(http).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
+            Err(e) => ApiError::bad_request(e.to_string()).into_response(),
         };
-        let response = match self.router.clone().oneshot(http).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
-        let body = response
-            .into_body()
-            .into_data_stream()
-            .filter_map(|chunk| async move { chunk.ok().map(|b| b.to_vec()) })
-            .boxed();
-        CallResponse {
-            status,
-            content_type,
-            body,
-        }
+        call_response(response)
     }
 }
 
-fn error_response(status: StatusCode, message: &str) -> CallResponse {
-    let body = ApiError {
-        status,
-        ..ApiError::bad_request(message)
-    };
-    let bytes = json!({"error": {"message": body.message, "type": body.kind}}).to_string();
+/// A handler's response as the mesh carries it back, body streamed.
+fn call_response(response: Response) -> CallResponse {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let body = response
+        .into_body()
+        .into_data_stream()
+        .filter_map(|chunk| async move { chunk.ok().map(|b| b.to_vec()) })
+        .boxed();
     CallResponse {
-        status: status.as_u16(),
-        content_type: "application/json".into(),
-        body: futures::stream::once(async move { bytes.into_bytes() }).boxed(),
+        status,
+        content_type,
+        body,
     }
 }
 
@@ -247,40 +245,31 @@ pub(crate) async fn offload(
     }
     let mut failures = Vec::new();
     let mut attempts = 0;
+    let mut busy = 0;
     for node in &nodes {
-        if let Err(open) = mesh.breakers.with(node, |b| b.allow(Instant::now())) {
-            failures.push(format!(
-                "{node}: breaker open (next trial in {} s)",
-                open.retry_in.as_secs()
-            ));
+        if let Err(closed) = mesh.admit(node) {
+            failures.push(closed);
             continue;
         }
         if attempts > 0 {
             mesh.metrics.retries.fetch_add(1, Ordering::Relaxed);
         }
         attempts += 1;
-        mesh.metrics.offloads.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("offload", node = %node, model, path);
         let call = mesh.node.call(node, "POST", path, body, CALL_TIMEOUT);
         let failure = match tracing::Instrument::instrument(call, span).await {
             // Busy there: the next neighbour may have room; the node itself is fine.
             Ok(remote) if remote.status == 503 => {
-                mesh.breakers.with(node, |b| b.record_success());
+                mesh.record(node, true);
+                busy += 1;
                 format!("{node}: busy (503)")
             }
             Ok(remote) => {
-                mesh.breakers.with(node, |b| b.record_success());
+                mesh.record(node, true);
                 return Some(Ok(remote_response(remote)));
             }
             Err(e) => {
-                let tripped = mesh.breakers.with(node, |b| {
-                    let was_open = b.is_open();
-                    b.record_failure(Instant::now());
-                    !was_open && b.is_open()
-                });
-                if tripped {
-                    mesh.metrics.breaker_trips.fetch_add(1, Ordering::Relaxed);
-                }
+                mesh.record(node, false);
                 format!("{node}: {e}")
             }
         };
@@ -290,8 +279,14 @@ pub(crate) async fn offload(
         tracing::warn!(failure = %failure, "offload failed; trying the next node");
         failures.push(failure);
     }
+    // Every node that was tried is only busy: the client should come back, as after a local 503.
+    let all_busy = attempts > 0 && busy == attempts;
     Some(Err(ApiError {
-        status: StatusCode::BAD_GATEWAY,
+        status: if all_busy {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
         kind: "server_error",
         code: Some("offload_failed"),
         param: None,
@@ -339,6 +334,36 @@ pub struct Mesh {
     pub node: MeshNode,
     pub metrics: Arc<MeshMetrics>,
     pub breakers: Breakers,
+}
+
+impl Mesh {
+    /// Counts an offload attempt to `node`, unless its breaker is open (`Err` says so).
+    pub(crate) fn admit(&self, node: &str) -> Result<(), String> {
+        if let Err(open) = self.breakers.with(node, |b| b.allow(Instant::now())) {
+            return Err(format!(
+                "{node}: breaker open (next trial in {} s)",
+                open.retry_in.as_secs()
+            ));
+        }
+        self.metrics.offloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Feeds `node`'s breaker: `ok` is whether the node answered (a refusal is an answer).
+    pub(crate) fn record(&self, node: &str, ok: bool) {
+        if ok {
+            self.breakers.with(node, |b| b.record_success());
+            return;
+        }
+        let tripped = self.breakers.with(node, |b| {
+            let was_open = b.is_open();
+            b.record_failure(Instant::now());
+            !was_open && b.is_open()
+        });
+        if tripped {
+            self.metrics.breaker_trips.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// `GET /v1/mesh`: this node and every neighbour seen, with its advert.
@@ -423,7 +448,10 @@ async fn share_rounds(mesh: Arc<Mesh>, st: Arc<NodeState>, share: MeshShare) {
     loop {
         every.tick().await;
         let mut rounds = Vec::new();
-        for peer in mesh.node.alive_peers() {
+        let alive = mesh.node.alive_peers();
+        // A departed neighbour's syncer goes; what it agreed is persisted and found on return.
+        syncers.retain(|peer, _| alive.contains(peer));
+        for peer in alive {
             let syncer = match syncers.get(&peer) {
                 Some(s) => s.clone(),
                 None => {

@@ -154,18 +154,7 @@ fn configure(
 fn plant_nodes(lan: &Lan, pki: &Path, names: &[&str], model: &str, mesh_extra: &str) -> Vec<Node> {
     let ca = pki.join("ca");
     if !ca.exists() {
-        run_ok(
-            pki,
-            &[
-                "mesh",
-                "ca",
-                "init",
-                "--domain",
-                "plant",
-                "--dir",
-                ca.to_str().unwrap(),
-            ],
-        );
+        init_ca(pki, "plant", ca.to_str().unwrap());
     }
     names
         .iter()
@@ -177,19 +166,7 @@ fn plant_nodes(lan: &Lan, pki: &Path, names: &[&str], model: &str, mesh_extra: &
                 guard: None,
             };
             let tls = node.home.path().join("mesh");
-            run_ok(
-                pki,
-                &[
-                    "mesh",
-                    "cert",
-                    "issue",
-                    name,
-                    "--ca",
-                    ca.to_str().unwrap(),
-                    "--out",
-                    tls.to_str().unwrap(),
-                ],
-            );
+            issue_cert(pki, name, ca.to_str().unwrap(), tls.to_str().unwrap());
             let others: Vec<String> = (0..names.len())
                 .filter(|&j| j != i)
                 .map(|j| lan.addr(j))
@@ -207,6 +184,22 @@ fn plant_nodes(lan: &Lan, pki: &Path, names: &[&str], model: &str, mesh_extra: &
         .collect()
 }
 
+/// `edgewise mesh ca init` for `domain` into `dir` (a path string).
+fn init_ca(home: &Path, domain: &str, dir: &str) {
+    run_ok(
+        home,
+        &["mesh", "ca", "init", "--domain", domain, "--dir", dir],
+    );
+}
+
+/// `edgewise mesh cert issue` for `node` by the CA in `ca`, into `out` (path strings).
+fn issue_cert(home: &Path, node: &str, ca: &str, out: &str) {
+    run_ok(
+        home,
+        &["mesh", "cert", "issue", node, "--ca", ca, "--out", out],
+    );
+}
+
 fn run_ok(home: &Path, args: &[&str]) {
     let out = edgewise(home).args(args).output().unwrap();
     assert!(
@@ -218,11 +211,16 @@ fn run_ok(home: &Path, args: &[&str]) {
 }
 
 fn start(lan: &Lan, i: usize, node: &mut Node) {
+    start_on(lan, i, node, "127.0.0.1");
+}
+
+/// Starts node `i` with its API on `host`:PORT (the loopback of its namespace, or its LAN side).
+fn start_on(lan: &Lan, i: usize, node: &mut Node, host: &str) {
     let child = Command::new("ip")
         .args(["netns", "exec", &lan.nodes[i]])
         .arg(env!("CARGO_BIN_EXE_edgewise"))
         .args(["serve", "--no-embeddings", "--listen"])
-        .arg(format!("127.0.0.1:{PORT}"))
+        .arg(format!("{host}:{PORT}"))
         .env("EDGEWISE_HOME", node.home.path())
         .env_remove("EDGEWISE_CONFIG")
         .stdout(Stdio::null())
@@ -278,22 +276,8 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
     let pki = tempfile::tempdir().unwrap();
     let (ca, foreign) = (pki.path().join("ca"), pki.path().join("foreign"));
     let ca_s = ca.to_str().unwrap();
-    run_ok(
-        pki.path(),
-        &["mesh", "ca", "init", "--domain", "plant", "--dir", ca_s],
-    );
-    run_ok(
-        pki.path(),
-        &[
-            "mesh",
-            "ca",
-            "init",
-            "--domain",
-            "other",
-            "--dir",
-            foreign.to_str().unwrap(),
-        ],
-    );
+    init_ca(pki.path(), "plant", ca_s);
+    init_ca(pki.path(), "other", foreign.to_str().unwrap());
     let names = ["node-a", "node-b", "node-c", "node-d", "node-e"];
     let models = [
         "gemma-3-270m",
@@ -315,45 +299,17 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
         let tls = h.join("mesh");
         let tls_s = tls.to_str().unwrap();
         match i {
-            3 => run_ok(
-                pki.path(),
-                &[
-                    "mesh",
-                    "cert",
-                    "issue",
-                    &node.name,
-                    "--ca",
-                    foreign.to_str().unwrap(),
-                    "--out",
-                    tls_s,
-                ],
-            ),
+            3 => issue_cert(pki.path(), &node.name, foreign.to_str().unwrap(), tls_s),
             4 => {
                 // A certificate that signs itself, with the plant's CA as its trust anchor.
                 let own = pki.path().join("self");
-                run_ok(
-                    pki.path(),
-                    &[
-                        "mesh",
-                        "ca",
-                        "init",
-                        "--domain",
-                        "plant",
-                        "--dir",
-                        own.to_str().unwrap(),
-                    ],
-                );
+                init_ca(pki.path(), "plant", own.to_str().unwrap());
                 std::fs::create_dir_all(&tls).unwrap();
                 std::fs::copy(own.join("ca.pem"), tls.join("node.pem")).unwrap();
                 std::fs::copy(own.join("ca.key"), tls.join("node.key")).unwrap();
                 std::fs::copy(ca.join("ca.pem"), tls.join("ca.pem")).unwrap();
             }
-            _ => run_ok(
-                pki.path(),
-                &[
-                    "mesh", "cert", "issue", &node.name, "--ca", ca_s, "--out", tls_s,
-                ],
-            ),
+            _ => issue_cert(pki.path(), &node.name, ca_s, tls_s),
         }
         let others: Vec<String> = (0..3).filter(|&j| j != i).map(|j| lan.addr(j)).collect();
         configure(h, &node.name, models[i], &lan.addr(i), &others, "");
@@ -541,6 +497,19 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
     );
 }
 
+/// Starts `nodes` (node `i` on the LAN's namespace `i`) and waits until they see each other.
+fn start_linked(lan: &Lan, nodes: &mut [Node], names: &[&str]) {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        start(lan, i, node);
+    }
+    for i in 0..nodes.len() {
+        wait_healthy(lan, i);
+    }
+    wait_until(Duration::from_secs(10), "the nodes did not link", || {
+        all_linked(lan, names)
+    });
+}
+
 /// Whether every node of `nodes` sees all the others alive.
 fn all_linked(lan: &Lan, nodes: &[&str]) -> bool {
     (0..nodes.len()).all(|i| {
@@ -621,15 +590,7 @@ fn a_healed_partition_converges_shared_documents_and_collections() {
     let names = ["node-a", "node-b", "node-c"];
     let share = "  share:\n    documents: [plant]\n    collections: [notes]\n";
     let mut nodes = plant_nodes(&lan, pki.path(), &names, "gemma-3-270m", share);
-    for i in 0..3 {
-        start(&lan, i, &mut nodes[i]);
-    }
-    for i in 0..3 {
-        wait_healthy(&lan, i);
-    }
-    wait_until(Duration::from_secs(10), "the nodes did not link", || {
-        all_linked(&lan, &names)
-    });
+    start_linked(&lan, &mut nodes, &names);
 
     // Shared while linked: a write on b reaches a and c.
     let patch = |i: usize, body: &str| {
@@ -735,4 +696,363 @@ fn a_healed_partition_converges_shared_documents_and_collections() {
         let (_, _, docs) = lan.inside(i, || http(PORT, "GET", "/v1/docs", ""));
         assert!(!docs.contains("shift-notes"), "{docs}");
     }
+}
+
+/// An agent for the Qwen model with one built-in tool. `fallback` and `egress_allowed` fill the
+/// policy.
+fn kv_agent(id: &str, fallback: &str, egress: bool) -> String {
+    format!(
+        r#"agent_id: "{id}"
+version: "1"
+runtime:
+  type: native
+model_config:
+  path: qwen2.5-coder-0.5b-instruct
+capabilities:
+  - name: kv_set
+    endpoint: "builtin:kv_set"
+instructions: "Store the value '7' under the key 'shift' with kv_set, then answer 'done'."
+limits:
+  min_tool_calls: 1
+  max_steps: 4
+workflow_policy:
+  fallback: "{fallback}"
+  max_retries: 2
+  egress_allowed: {egress}
+"#
+    )
+}
+
+fn register(lan: &Lan, i: usize, spec: &str) {
+    let (status, _, body) = lan.inside(i, || http(PORT, "POST", "/v1/agents", spec));
+    assert_eq!(status, 201, "{body}");
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["runs_on"], "mesh", "{summary}");
+}
+
+/// Whether the run ran steps and every one has `field` equal to `want`.
+fn all_steps(outcome: &Value, field: &str, want: &str) -> bool {
+    let steps = outcome["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    !steps.is_empty() && steps.iter().all(|s| s[field] == want)
+}
+
+/// Runs agent `id` on node `i` without streaming; its outcome.
+fn run_agent(lan: &Lan, i: usize, id: &str, body: &str) -> Value {
+    let path = format!("/v1/agents/{id}/runs");
+    let (status, _, body) = lan.inside(i, || http(PORT, "POST", &path, body));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Node `i`'s audit records of `run`, read with `edgewise audit show` (the chain verified).
+fn audit_of(home: &Path, run: &str) -> Vec<Value> {
+    run_ok(home, &["audit", "verify"]);
+    let out = edgewise(home)
+        .args(["audit", "show", "--json", "--run", run])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `(kind, node, decision)` of each record, to compare with what should have happened.
+fn story(records: &[Value]) -> Vec<(String, String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (s("kind"), s("node"), s("decision"))
+        })
+        .collect()
+}
+
+/// SSE events of a finished stream as `(event, data)`.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in body.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((name.clone(), serde_json::from_str(d).unwrap_or(Value::Null)));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_placed_agent_run_survives_a_kill_9_of_its_node_with_one_result() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
+    // a has only Gemma; b and c serve Qwen. An agent for Qwen registered on a runs on b (its
+    // fallback) until b is killed mid-run, then on c.
+    let lan = Lan::new(3);
+    let pki = tempfile::tempdir().unwrap();
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes = plant_nodes(&lan, pki.path(), &names, "qwen2.5-coder-0.5b-instruct", "");
+    configure(
+        nodes[0].home.path(),
+        "node-a",
+        "gemma-3-270m",
+        &lan.addr(0),
+        &[lan.addr(1), lan.addr(2)],
+        "",
+    );
+    start_linked(&lan, &mut nodes, &names);
+    register(&lan, 0, &kv_agent("shift-keeper", "node-b", false));
+
+    let caller = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            lan.inside(0, || {
+                http(
+                    PORT,
+                    "POST",
+                    "/v1/agents/shift-keeper/runs",
+                    r#"{"task": "Record the shift value.", "seed": 1}"#,
+                )
+            })
+        });
+        // The moment b takes the run, kill it.
+        wait_until(Duration::from_secs(60), "node-b never got the run", || {
+            mesh_of(&lan, 1)["calls_served"].as_u64() >= Some(1)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(nodes[1].guard.take());
+        run.join().unwrap()
+    });
+    let (status, head, body) = caller;
+    assert_eq!(status, 200, "{head}\n{body}");
+    let events = sse_events(&body);
+    let finished: Vec<&Value> = events
+        .iter()
+        .filter(|(e, _)| e == "finished")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(finished.len(), 1, "exactly one result: {body}");
+    assert!(events.iter().all(|(e, _)| e != "error"), "{body}");
+    let outcome = finished[0];
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert!(all_steps(outcome, "node", "node-c"), "{outcome}");
+    let steps = outcome["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["tool"] == "kv_set" && s["decision"] == "call"),
+        "{outcome}"
+    );
+    let run = outcome["run"].as_str().unwrap();
+
+    // a's audit log: both attempts, each step named with the node that ran it.
+    let records = audit_of(nodes[0].home.path(), run);
+    let story = story(&records);
+    let at = |kind: &str, node: &str, decision: &str| {
+        story
+            .iter()
+            .position(|(k, n, d)| k == kind && n == node && d == decision)
+            .unwrap_or_else(|| panic!("no {kind} {node} {decision}: {story:?}"))
+    };
+    let first = at("placement", "node-b", "attempt");
+    let failed = at("placement", "node-b", "failed");
+    let second = at("placement", "node-c", "attempt");
+    let end = at("run_end", "node-c", "completed");
+    assert!(
+        first < failed && failed < second && second < end,
+        "{story:?}"
+    );
+    assert_eq!(story[0].0, "run_start", "{story:?}");
+    assert_eq!(story[0].1, "node-a", "{story:?}");
+    let steps_after = story[second..end]
+        .iter()
+        .filter(|(k, _, _)| k == "step")
+        .collect::<Vec<_>>();
+    assert_eq!(steps_after.len(), steps.len(), "{story:?}");
+    assert!(
+        steps_after.iter().all(|(_, n, _)| n == "node-c"),
+        "{story:?}"
+    );
+    // c's own log has the same run, under the same id, in its name.
+    let on_c = audit_of(nodes[2].home.path(), run);
+    assert!(
+        on_c.iter().any(|r| r["kind"] == "run_end"
+            && r["node"] == "node-c"
+            && r["decision"] == "completed"),
+        "{on_c:?}"
+    );
+    let mesh = mesh_of(&lan, 0);
+    assert!(mesh["retries"].as_u64() >= Some(1), "{mesh}");
+    eprintln!("placed run {run}: {story:?}");
+}
+
+/// A packet capture on `lan`'s node `i` interface, of IP packets only.
+struct Capture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(lan: &Lan, i: usize, file: std::path::PathBuf) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lan.nodes[i]])
+            .args(["tcpdump", "-i", "eth0", "-n", "-U", "-s", "0", "-w"])
+            .arg(&file)
+            .arg("ip")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tcpdump (make deps installs it)");
+        // tcpdump says "listening on eth0" once it captures.
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(line.contains("listening on"), "tcpdump: {line}");
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns tcpdump's one-line summaries of the packets that `filter`
+    /// selects, and the raw capture.
+    fn stop(mut self, filter: &str) -> (Vec<String>, Vec<u8>) {
+        // SIGINT: tcpdump flushes and closes the file.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let out = Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .arg(filter)
+            .output()
+            .unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (lines, std::fs::read(&self.file).unwrap())
+    }
+}
+
+#[test]
+fn egress_false_sends_nothing_outside_the_trust_domain_and_true_reaches_the_cloud() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
+    // a (Gemma) and b (Qwen): the plant. x: a node of another trust domain (its own CA) on the
+    // same LAN, serving Qwen; its OpenAI API is a's configured cloud endpoint.
+    let lan = Lan::new(3);
+    let pki = tempfile::tempdir().unwrap();
+    let mut nodes = plant_nodes(
+        &lan,
+        pki.path(),
+        &["node-a", "node-b"],
+        "qwen2.5-coder-0.5b-instruct",
+        "",
+    );
+    let (a, x) = (lan.addr(0), lan.addr(2));
+    configure(
+        nodes[0].home.path(),
+        "node-a",
+        "gemma-3-270m",
+        &a,
+        &[lan.addr(1)],
+        "",
+    );
+    let cfg = nodes[0].home.path().join("config.yaml");
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str(&format!(
+        "cloud:\n  url: http://{x}:{PORT}/v1\n  model: qwen2.5-coder-0.5b-instruct\n"
+    ));
+    std::fs::write(&cfg, yaml).unwrap();
+    let other = pki.path().join("other");
+    init_ca(pki.path(), "other", other.to_str().unwrap());
+    let mut node_x = Node {
+        name: "node-x".into(),
+        home: home(),
+        guard: None,
+    };
+    let tls = node_x.home.path().join("mesh");
+    issue_cert(
+        pki.path(),
+        "node-x",
+        other.to_str().unwrap(),
+        tls.to_str().unwrap(),
+    );
+    std::fs::write(
+        node_x.home.path().join("config.yaml"),
+        format!(
+            "name: node-x\ndefault_model: qwen2.5-coder-0.5b-instruct\nmqtt_listen: \"\"\nmesh:\n  trust_domain: other\n  listen: [tls/{x}:7447]\n"
+        ),
+    )
+    .unwrap();
+    start(&lan, 0, &mut nodes[0]);
+    start(&lan, 1, &mut nodes[1]);
+    // x's API listens on its LAN side too: it is a's cloud.
+    start_on(&lan, 2, &mut node_x, "0.0.0.0");
+    for i in 0..3 {
+        wait_healthy(&lan, i);
+    }
+    wait_until(Duration::from_secs(10), "a and b did not link", || {
+        all_linked(&lan, &["node-a", "node-b"])
+    });
+    let marker = "patient ZX-4471";
+    let task = format!(
+        r#"{{"task": "Record the shift value for {marker}.", "seed": 1, "stream": false}}"#
+    );
+    let from_plant = format!(
+        "ip and dst host {x} and (src host {a} or src host {})",
+        lan.addr(1)
+    );
+
+    // egress_allowed: false. With b up the run stays in the plant; with b gone it fails rather
+    // than use the cloud. x sees not one packet from a or b meanwhile.
+    let capture = Capture::start(&lan, 2, pki.path().join("false.pcap"));
+    register(&lan, 0, &kv_agent("home-only", "", false));
+    let outcome = run_agent(&lan, 0, "home-only", &task);
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert!(all_steps(&outcome, "node", "node-b"), "{outcome}");
+    drop(nodes[1].guard.take());
+    wait_until(Duration::from_secs(5), "a still sees b", || {
+        alive_peers(&lan, 0).is_empty()
+    });
+    let outcome = run_agent(&lan, 0, "home-only", &task);
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(error.contains("egress_allowed: false"), "{error}");
+    let (sent, raw) = capture.stop(&from_plant);
+    assert!(sent.is_empty(), "the plant sent to node-x: {sent:?}");
+    assert!(!contains(&raw, marker.as_bytes()));
+
+    // The control, egress_allowed: true: the run's steps go to the cloud, and the capture sees
+    // them (the task travels in the request).
+    let capture = Capture::start(&lan, 2, pki.path().join("true.pcap"));
+    register(&lan, 0, &kv_agent("may-leave", "", true));
+    let outcome = run_agent(&lan, 0, "may-leave", &task);
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert!(
+        all_steps(&outcome, "model", "cloud:qwen2.5-coder-0.5b-instruct"),
+        "{outcome}"
+    );
+    let (sent, raw) = capture.stop(&from_plant);
+    assert!(!sent.is_empty(), "the control reached nothing");
+    assert!(
+        contains(&raw, marker.as_bytes()),
+        "the task never reached the cloud"
+    );
+    let records = audit_of(nodes[0].home.path(), outcome["run"].as_str().unwrap());
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "placement" && r["decision"] == "cloud"),
+        "{records:?}"
+    );
+    eprintln!(
+        "egress false: 0 packets to node-x; egress true: {} packets to node-x",
+        sent.len()
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
