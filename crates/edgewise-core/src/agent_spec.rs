@@ -211,6 +211,18 @@ impl TryFrom<String> for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The installed component a `wasm:NAME` endpoint names (no `/`, no `.wasm`); `None` for a
+    /// `.wasm` file path or any other scheme.
+    pub fn installed_component(&self) -> Option<String> {
+        let Self::Wasm(path) = self else {
+            return None;
+        };
+        let text = path.to_string_lossy();
+        (!text.contains('/') && !text.ends_with(".wasm")).then(|| text.into_owned())
+    }
+}
+
 impl From<Endpoint> for String {
     fn from(e: Endpoint) -> String {
         e.to_string()
@@ -691,6 +703,19 @@ workflow_policy:
             s.workflow_policy.fallback.as_deref(),
             Some("regional-fog-node")
         );
+    }
+
+    #[test]
+    fn a_wasm_endpoint_names_an_installed_component_or_a_file() {
+        let named = |e: &str| {
+            Endpoint::try_from(e.to_owned())
+                .unwrap()
+                .installed_component()
+        };
+        assert_eq!(named("wasm:calc").as_deref(), Some("calc"));
+        assert_eq!(named("wasm:components/calc.wasm"), None);
+        assert_eq!(named("wasm:calc.wasm"), None);
+        assert_eq!(named("builtin:kv_get"), None);
     }
 
     #[test]

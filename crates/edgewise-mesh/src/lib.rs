@@ -7,7 +7,8 @@
 //!   is noticed (within the link lease, `mesh.lease_ms`).
 //! - `edgewise/advert/<name>`: the node's capabilities record, put every `ADVERT_EVERY`.
 //! - `edgewise/call/<name>`: the node's queryable; one query is one API call, answered by a head
-//!   reply and body replies (streaming).
+//!   reply and body replies (streaming). A call to [`PING_PATH`] is answered by the mesh itself
+//!   at once: it is how round-trip times are measured (`probe`).
 //!
 //! Invariants:
 //! - Every link is TLS with client authentication against the domain CA (`zconfig`); a config that
@@ -38,6 +39,10 @@ const ADVERT_PREFIX: &str = "edgewise/advert/";
 const CALL_PREFIX: &str = "edgewise/call/";
 /// How often a node re-publishes its advert; a newcomer knows everyone within this.
 pub const ADVERT_EVERY: Duration = Duration::from_millis(500);
+/// The call path answered by the mesh layer itself (no handler): a round trip and nothing else.
+pub const PING_PATH: &str = "/ping";
+/// Weight of the newest probe in a neighbour's smoothed round-trip time.
+const RTT_WEIGHT: f64 = 0.3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -107,13 +112,27 @@ pub struct PeerStatus {
     pub alive: bool,
     /// Milliseconds since its last advert (or since it appeared).
     pub last_seen_ms: u64,
+    /// Smoothed round-trip time of a call to it (mesh-level ping), once measured.
+    pub rtt_ms: Option<f64>,
     pub advert: Option<Advert>,
 }
 
 struct PeerEntry {
     alive: bool,
     last_seen: Instant,
+    rtt_ms: Option<f64>,
     advert: Option<Advert>,
+}
+
+impl PeerEntry {
+    fn new(alive: bool) -> Self {
+        Self {
+            alive,
+            last_seen: Instant::now(),
+            rtt_ms: None,
+            advert: None,
+        }
+    }
 }
 
 /// An API call as the mesh carries it.
@@ -214,11 +233,9 @@ impl MeshNode {
                     let alive = sample.kind() == SampleKind::Put;
                     tracing::info!(node, alive, "mesh presence");
                     let mut table = lock(&peers);
-                    let entry = table.entry(node.to_owned()).or_insert(PeerEntry {
-                        alive,
-                        last_seen: Instant::now(),
-                        advert: None,
-                    });
+                    let entry = table
+                        .entry(node.to_owned())
+                        .or_insert_with(|| PeerEntry::new(alive));
                     entry.alive = alive;
                     entry.last_seen = Instant::now();
                     drop(table);
@@ -247,11 +264,9 @@ impl MeshNode {
                         }
                     };
                     let mut table = lock(&peers);
-                    let entry = table.entry(node.to_owned()).or_insert(PeerEntry {
-                        alive: false,
-                        last_seen: Instant::now(),
-                        advert: None,
-                    });
+                    let entry = table
+                        .entry(node.to_owned())
+                        .or_insert_with(|| PeerEntry::new(false));
                     entry.last_seen = Instant::now();
                     entry.advert = Some(advert);
                 }
@@ -299,27 +314,50 @@ impl MeshNode {
                 node: node.clone(),
                 alive: e.alive,
                 last_seen_ms: e.last_seen.elapsed().as_millis() as u64,
+                rtt_ms: e.rtt_ms,
                 advert: e.advert.clone(),
             })
             .collect()
     }
 
-    /// Live neighbours that advertise the chat model `model`, in offload order: lower tier first,
-    /// then the less loaded.
-    pub fn nodes_serving(&self, model: &str) -> Vec<String> {
-        let mut found: Vec<(u8, u64, String)> = lock(&self.peers)
+    /// Live neighbours that advertise the chat model `model` and every one of `components`, in
+    /// offload order: lower tier first, then the less loaded, then the nearer (round trip).
+    pub fn nodes_serving(&self, model: &str, components: &[String]) -> Vec<String> {
+        let mut found: Vec<(u8, u64, u64, String)> = lock(&self.peers)
             .iter()
             .filter(|(_, e)| e.alive)
             .filter_map(|(node, e)| {
                 let a = e.advert.as_ref()?;
-                a.models
-                    .iter()
-                    .any(|m| m == model)
-                    .then(|| (a.tier, a.waiting + a.active, node.clone()))
+                let capable = a.models.iter().any(|m| m == model)
+                    && components.iter().all(|c| a.components.contains(c));
+                // Not measured yet: after the measured ones of the same tier and load.
+                let rtt_us = e.rtt_ms.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
+                capable.then(|| (a.tier, a.waiting + a.active, rtt_us, node.clone()))
             })
             .collect();
         found.sort();
-        found.into_iter().map(|(_, _, node)| node).collect()
+        found.into_iter().map(|(_, _, _, node)| node).collect()
+    }
+
+    /// Pings every live neighbour once (concurrently, each within `timeout`) and folds the round
+    /// trips into their smoothed RTT. A neighbour that does not answer keeps its last figure;
+    /// its departure is presence's business.
+    pub async fn probe(&self, timeout: Duration) {
+        let pings = self.alive_peers().into_iter().map(|node| async move {
+            let sent = Instant::now();
+            let answered = self.call(&node, "GET", PING_PATH, &[], timeout).await;
+            (node, answered.ok().map(|_| sent.elapsed()))
+        });
+        for (node, rtt) in futures::future::join_all(pings).await {
+            let Some(rtt) = rtt else { continue };
+            let ms = rtt.as_secs_f64() * 1000.0;
+            if let Some(e) = lock(&self.peers).get_mut(&node) {
+                e.rtt_ms = Some(match e.rtt_ms {
+                    Some(old) => old * (1.0 - RTT_WEIGHT) + ms * RTT_WEIGHT,
+                    None => ms,
+                });
+            }
+        }
     }
 
     /// Names of the neighbours whose presence token is up.
@@ -468,6 +506,16 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>) {
             return;
         }
     };
+    if head.path == PING_PATH {
+        let head = wire::ResponseHead {
+            status: 204,
+            content_type: "text/plain".into(),
+        };
+        let _ = query
+            .reply(query.key_expr().clone(), wire::encode_head(&head))
+            .await;
+        return;
+    }
     let span = tracing::info_span!("mesh_call", from = %head.from, method = %head.method, path = %head.path);
     let response = tracing::Instrument::instrument(
         handler.call(CallRequest {

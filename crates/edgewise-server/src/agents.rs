@@ -275,18 +275,29 @@ impl AgentHub {
                 spec.agent_id, choice.model, choice.model
             )));
         }
-        let tools = self
-            .host
-            .tools(&spec, &base_dir)
-            .await
-            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        let tool_names = tools.0.specs().iter().map(|t| t.name.clone()).collect();
-        let run_on = if here {
-            RunOn::Here(self.host.agent(spec.clone(), tools, self.engine.clone()))
-        } else {
-            let cloud = self.host.cloud_agent(spec.clone(), tools);
-            RunOn::Mesh {
-                cloud: cloud.map_err(|e| e.to_string()),
+        let tools = self.host.tools(&spec, &base_dir).await;
+        let (tool_names, run_on) = match tools {
+            Ok(tools) => {
+                let names = tools.0.specs().iter().map(|t| t.name.clone()).collect();
+                let run_on = if here {
+                    RunOn::Here(self.host.agent(spec.clone(), tools, self.engine.clone()))
+                } else {
+                    let cloud = self.host.cloud_agent(spec.clone(), tools);
+                    RunOn::Mesh {
+                        cloud: cloud.map_err(|e| e.to_string()),
+                    }
+                };
+                (names, run_on)
+            }
+            Err(e) if here => return Err(ApiError::unprocessable(e.to_string())),
+            // The nodes that run it need its tools (placement asks for its components); only
+            // the cloud fallback, which calls tools here, needs them on this node.
+            Err(e) => {
+                let names = spec.capabilities.iter().map(|c| c.name.clone()).collect();
+                let cloud = Err(format!(
+                    "no cloud fallback: it would call the tools on this node, and they do not load here: {e}"
+                ));
+                (names, RunOn::Mesh { cloud })
             }
         };
         Ok(Registered {

@@ -239,7 +239,7 @@ pub(crate) async fn offload(
     body: &Bytes,
 ) -> Option<Result<Response, ApiError>> {
     let mesh = state.mesh.as_ref()?;
-    let nodes = mesh.node.nodes_serving(model);
+    let nodes = mesh.node.nodes_serving(model, &[]);
     if nodes.is_empty() {
         return None;
     }
@@ -426,6 +426,22 @@ impl Remote for MeshRemote {
             })
         })
     }
+}
+
+/// How often each neighbour's round trip is measured (placement prefers the nearer of equals).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Measures the round trip to every live neighbour every `PROBE_EVERY`.
+pub fn spawn_probes(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let mesh = state.mesh.clone()?;
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            mesh.node.probe(PROBE_EVERY).await;
+        }
+    }))
 }
 
 /// Keeps `share`'s documents and collections in step with every live neighbour: one round with

@@ -196,11 +196,17 @@ async fn placed_run(
     let mut tried: Vec<String> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut outcome = None;
+    let components: Vec<String> = spec
+        .capabilities
+        .iter()
+        .filter_map(|c| c.endpoint.installed_component())
+        .collect();
     let mesh = hub.mesh.get();
     while let Some(mesh) = mesh.filter(|_| tried.len() < attempts_allowed) {
         let Some(node) = next_node(
             mesh,
             &reg.model,
+            &components,
             spec.workflow_policy.fallback.as_deref(),
             &tried,
             &mut failures,
@@ -283,8 +289,14 @@ async fn placed_run(
         None => {
             let tried_on = if mesh.is_none() {
                 "this node has not joined its mesh".to_owned()
-            } else if failures.is_empty() {
+            } else if failures.is_empty() && components.is_empty() {
                 format!("no node of the mesh serves '{}'", reg.model)
+            } else if failures.is_empty() {
+                format!(
+                    "no node of the mesh serves '{}' with the components {}",
+                    reg.model,
+                    components.join(", ")
+                )
             } else {
                 format!("no node of the mesh ran it ({})", failures.join("; "))
             };
@@ -335,16 +347,18 @@ async fn placed_run(
     Ok(())
 }
 
-/// The next node to try: live, serving `model`, not tried yet, breaker closed; the spec's
-/// `fallback` node first, then the mesh's order (tier, then load).
+/// The next node to try: live, serving `model` with every installed component the spec's tools
+/// name, not tried yet, breaker closed; the spec's `fallback` node first, then the mesh's order
+/// (tier, load, round trip).
 fn next_node(
     mesh: &Mesh,
     model: &str,
+    components: &[String],
     fallback: Option<&str>,
     tried: &[String],
     failures: &mut Vec<String>,
 ) -> Option<String> {
-    let mut nodes = mesh.node.nodes_serving(model);
+    let mut nodes = mesh.node.nodes_serving(model, components);
     nodes.retain(|n| !tried.contains(n));
     if let Some(f) = fallback {
         nodes.sort_by_key(|n| n != f);

@@ -245,6 +245,7 @@ fn serve(
         state = state.with_mesh(member, metrics);
         let _runtime = rt.enter();
         edgewise_server::mesh::spawn_share_sync(&state, cfg.share.clone());
+        edgewise_server::mesh::spawn_probes(&state);
     }
     rt.block_on(edgewise_server::serve(state, &listen))
 }

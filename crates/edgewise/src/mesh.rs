@@ -121,8 +121,8 @@ fn status(node: &Node, url: Option<String>, json: bool) -> Result<()> {
         body["calls_served"]
     );
     println!(
-        "{:<20} {:<6} {:<5} {:<14} {:>9} {:>7} {:>8}  MODELS",
-        "NODE", "ALIVE", "ROLE", "DOMAIN", "LAST SEEN", "LOAD", "TOK/S"
+        "{:<20} {:<6} {:<5} {:<14} {:>9} {:>8} {:<7} {:>5} {:>8}  MODELS",
+        "NODE", "ALIVE", "ROLE", "DOMAIN", "LAST SEEN", "RTT", "BREAKER", "LOAD", "TOK/S"
     );
     for p in body["peers"].as_array().into_iter().flatten() {
         let a = &p["advert"];
@@ -132,9 +132,13 @@ fn status(node: &Node, url: Option<String>, json: bool) -> Result<()> {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
+        let node = p["node"].as_str().unwrap_or("?");
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms"));
         println!(
-            "{:<20} {:<6} {:<5} {:<14} {:>7}ms {:>7} {:>8.1}  {}",
-            p["node"].as_str().unwrap_or("?"),
+            "{:<20} {:<6} {:<5} {:<14} {:>7}ms {:>8} {:<7} {:>5} {:>8.1}  {}",
+            node,
             if p["alive"].as_bool() == Some(true) {
                 "yes"
             } else {
@@ -143,6 +147,8 @@ fn status(node: &Node, url: Option<String>, json: bool) -> Result<()> {
             a["role"].as_str().unwrap_or("-"),
             a["trust_domain"].as_str().unwrap_or("-"),
             p["last_seen_ms"],
+            rtt,
+            body["breakers"][node].as_str().unwrap_or("-"),
             a["waiting"].as_u64().unwrap_or(0) + a["active"].as_u64().unwrap_or(0),
             a["tokens_per_s"].as_f64().unwrap_or(0.0),
             models.join(",")

@@ -366,6 +366,15 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
     );
     assert_eq!(advert_b["trust_domain"], "plant", "{advert_b}");
     assert_eq!(advert_b["role"], "peer", "{advert_b}");
+    // Round trips to every neighbour are measured (each second) for placement.
+    wait_until(Duration::from_secs(5), "no round trips measured", || {
+        mesh_of(&lan, 0)["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["alive"] == true)
+            .all(|p| p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0))
+    });
 
     // Offload: node a has only Gemma; a request for Qwen sent to a is answered by b.
     let ask = |stream: bool| {

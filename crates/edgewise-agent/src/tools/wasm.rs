@@ -35,11 +35,9 @@ pub struct ComponentToolAccess {
 /// Where a `wasm:` endpoint points: a `.wasm` file (relative to the spec) or an installed
 /// component's name.
 fn target_of(endpoint: &Path, ctx: &ToolContext) -> Target {
-    let text = endpoint.to_string_lossy();
-    if !text.contains('/') && !text.ends_with(".wasm") {
-        Target::Installed(text.into_owned())
-    } else {
-        Target::File(ctx.spec_dir.join(endpoint))
+    match edgewise_core::Endpoint::Wasm(endpoint.to_path_buf()).installed_component() {
+        Some(name) => Target::Installed(name),
+        None => Target::File(ctx.spec_dir.join(endpoint)),
     }
 }
 

@@ -1,0 +1,109 @@
+//! Placement as a node sees it, with three real members on loopback (mTLS links): candidates
+//! must advertise the model and the components, then come in order of tier, load and round trip.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgewise_core::MeshConfig;
+use edgewise_mesh::{init_ca, issue, Advert, CallHandler, CallRequest, CallResponse, MeshNode};
+use futures::StreamExt;
+
+struct NoCalls;
+
+#[async_trait::async_trait]
+impl CallHandler for NoCalls {
+    async fn call(&self, _: CallRequest) -> CallResponse {
+        CallResponse {
+            status: 404,
+            content_type: "text/plain".into(),
+            body: futures::stream::empty().boxed(),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn member(
+    pki: &std::path::Path,
+    name: &str,
+    port: u16,
+    connect: &[u16],
+    advert: Advert,
+) -> MeshNode {
+    let tls = issue(&pki.join("ca"), name, &pki.join(name)).unwrap();
+    let connect: Vec<String> = connect
+        .iter()
+        .map(|p| format!("tls/127.0.0.1:{p}"))
+        .collect();
+    let cfg: MeshConfig = serde_yaml::from_str(&format!(
+        "trust_domain: plant\nlisten: [tls/127.0.0.1:{port}]\nconnect: [{}]",
+        connect.join(", ")
+    ))
+    .unwrap();
+    let advert = Arc::new(move || advert.clone());
+    MeshNode::join(name, &cfg, &tls, advert, Arc::new(NoCalls))
+        .await
+        .unwrap()
+}
+
+fn advert(node: &str, components: &[&str], waiting: u64) -> Advert {
+    Advert {
+        node: node.into(),
+        tier: 1,
+        trust_domain: "plant".into(),
+        models: vec!["m".into()],
+        components: components.iter().map(|c| (*c).to_owned()).collect(),
+        waiting,
+        ..Advert::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_match_model_and_components_then_load_and_round_trip() {
+    let pki = tempfile::tempdir().unwrap();
+    init_ca(&pki.path().join("ca"), "plant").unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let a = member(pki.path(), "a", ports[0], &[], Advert::default()).await;
+    // b carries the component but is busier; c is idle without it.
+    let _b = member(
+        pki.path(),
+        "b",
+        ports[1],
+        &ports[..1],
+        advert("b", &["ocr"], 3),
+    )
+    .await;
+    let _c = member(pki.path(), "c", ports[2], &ports[..1], advert("c", &[], 0)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.nodes_serving("m", &[]).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "a never saw b and c: {:?}",
+            a.peers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.nodes_serving("m", &[]), ["c", "b"], "the idle node first");
+    assert_eq!(a.nodes_serving("m", &["ocr".into()]), ["b"]);
+    assert!(a
+        .nodes_serving("m", &["ocr".into(), "asr".into()])
+        .is_empty());
+    assert!(a.nodes_serving("other-model", &[]).is_empty());
+
+    // Round trips are measured by the mesh's own ping.
+    assert!(a.peers().iter().all(|p| p.rtt_ms.is_none()));
+    a.probe(Duration::from_secs(2)).await;
+    for p in a.peers() {
+        let rtt = p
+            .rtt_ms
+            .unwrap_or_else(|| panic!("no round trip to {}", p.node));
+        assert!(rtt > 0.0 && rtt < 2000.0, "{}: {rtt} ms", p.node);
+    }
+}
