@@ -343,7 +343,7 @@ impl MeshNode {
     /// trips into their smoothed RTT. A neighbour that does not answer keeps its last figure;
     /// its departure is presence's business.
     pub async fn probe(&self, timeout: Duration) {
-        let pings = self.alive_peers().into_iter().map(|node| async move {
+        let pings = self.reachable_peers().into_iter().map(|node| async move {
             let sent = Instant::now();
             let answered = self.call(&node, "GET", PING_PATH, &[], timeout).await;
             (node, answered.ok().map(|_| sent.elapsed()))
@@ -358,6 +358,17 @@ impl MeshNode {
                 });
             }
         }
+    }
+
+    /// Live neighbours heard from (an advert) within three advert periods: the ones worth a
+    /// background call. A link that just died still shows its node alive for up to a lease, and
+    /// calls queued into it only wait.
+    pub fn reachable_peers(&self) -> Vec<String> {
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, e)| e.alive && e.last_seen.elapsed() < 3 * ADVERT_EVERY)
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     /// Names of the neighbours whose presence token is up.

@@ -459,15 +459,22 @@ pub fn spawn_share_sync(state: &AppState, share: MeshShare) -> Option<tokio::tas
 async fn share_rounds(mesh: Arc<Mesh>, st: Arc<NodeState>, share: MeshShare) {
     let me = mesh.node.name().to_owned();
     let mut syncers: std::collections::HashMap<String, Arc<Syncer>> = Default::default();
+    // One round per neighbour at a time, each on its own: a neighbour whose link just died
+    // holds up only its own rounds, never those with the others.
+    let mut in_flight: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        Default::default();
     let mut every = tokio::time::interval(Duration::from_millis(share.interval_ms.max(50)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let mut rounds = Vec::new();
-        let alive = mesh.node.alive_peers();
+        let reachable = mesh.node.reachable_peers();
         // A departed neighbour's syncer goes; what it agreed is persisted and found on return.
-        syncers.retain(|peer, _| alive.contains(peer));
-        for peer in alive {
+        syncers.retain(|peer, _| reachable.contains(peer));
+        in_flight.retain(|_, round| !round.is_finished());
+        for peer in reachable {
+            if in_flight.contains_key(&peer) {
+                continue;
+            }
             let syncer = match syncers.get(&peer) {
                 Some(s) => s.clone(),
                 None => {
@@ -503,27 +510,32 @@ async fn share_rounds(mesh: Arc<Mesh>, st: Arc<NodeState>, share: MeshShare) {
                     }
                 }
             };
-            rounds.push(tokio::task::spawn_blocking(move || {
-                (peer, syncer.exchange())
-            }));
+            let name = peer.clone();
+            let round = tokio::task::spawn_blocking(move || syncer.exchange());
+            in_flight.insert(
+                peer,
+                tokio::spawn(async move { log_round(&name, round.await) }),
+            );
         }
-        for round in rounds {
-            match round.await {
-                Ok((peer, Ok(r))) => {
-                    let moved = r.documents.iter().any(|d| d.messages_received > 0)
-                        || r.collections.iter().any(|c| c.pushed + c.pulled > 0);
-                    if moved {
-                        tracing::info!(peer = %peer, report = ?r, "mesh share round");
-                    }
-                    for e in &r.errors {
-                        tracing::warn!(peer = %peer, error = %e, "mesh share round");
-                    }
-                }
-                Ok((peer, Err(e))) => {
-                    tracing::debug!(peer = %peer, error = %e, "mesh share round failed")
-                }
-                Err(e) => tracing::warn!(error = %e, "mesh share round panicked"),
+    }
+}
+
+fn log_round(
+    peer: &str,
+    round: Result<Result<edgewise_sync::Report, edgewise_sync::SyncError>, tokio::task::JoinError>,
+) {
+    match round {
+        Ok(Ok(r)) => {
+            let moved = r.documents.iter().any(|d| d.messages_received > 0)
+                || r.collections.iter().any(|c| c.pushed + c.pulled > 0);
+            if moved {
+                tracing::info!(peer = %peer, report = ?r, "mesh share round");
+            }
+            for e in &r.errors {
+                tracing::warn!(peer = %peer, error = %e, "mesh share round");
             }
         }
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "mesh share round failed"),
+        Err(e) => tracing::warn!(error = %e, "mesh share round panicked"),
     }
 }
