@@ -1,18 +1,13 @@
 //! Zenoh's access control as the mesh configures it, on a real mTLS link over loopback: the
 //! mesh's own key expressions cross it, nothing else does.
 
+mod common;
+use common::free_port;
+
 use std::time::{Duration, Instant};
 
 use edgewise_core::MeshConfig;
 use edgewise_mesh::{init_ca, issue, zenoh_config};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_mesh_key_expressions_cross_a_link() {

@@ -1,6 +1,9 @@
 //! Placement as a node sees it, with three real members on loopback (mTLS links): candidates
 //! must advertise the model and the components, then come in order of tier, load and round trip.
 
+mod common;
+use common::free_port;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,14 +22,6 @@ impl CallHandler for NoCalls {
             body: futures::stream::empty().boxed(),
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn member(
