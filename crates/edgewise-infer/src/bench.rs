@@ -22,6 +22,8 @@ pub struct BenchReport {
     pub tg_tokens: u32,
     pub tg_tokens_per_s: f64,
     pub tg_stddev: f64,
+    /// Time the sampler chain takes per generated token (the rest of a tg step is `llama_decode`).
+    pub tg_sample_ms_per_token: f64,
     pub reps: u32,
 }
 
@@ -68,7 +70,12 @@ fn prompt_pass(
     Ok(())
 }
 
-fn gen_pass(model: &LlamaModel, ctx: &mut LlamaContext<'_>, n: u32) -> Result<(), InferError> {
+/// Returns the time spent in the sampler chain.
+fn gen_pass(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    n: u32,
+) -> Result<std::time::Duration, InferError> {
     let vocab = model.vocab();
     let mut sampler = build_sampler(&SamplingParams::default(), model.n_vocab());
     let mut tok = if vocab.should_add_bos() {
@@ -77,14 +84,17 @@ fn gen_pass(model: &LlamaModel, ctx: &mut LlamaContext<'_>, n: u32) -> Result<()
         LlamaToken(0)
     };
     let mut batch = LlamaBatch::new(1, 1);
+    let mut sampling = std::time::Duration::ZERO;
     for pos in 0..n as i32 {
         batch.clear();
         batch.add(tok, pos, &[0], true).map_err(decode_err)?;
         ctx.decode(&mut batch).map_err(decode_err)?;
+        let t = Instant::now();
         tok = sampler.sample(ctx, 0);
+        sampling += t.elapsed();
     }
     ctx.synchronize();
-    Ok(())
+    Ok(sampling)
 }
 
 fn mean_std(xs: &[f64]) -> (f64, f64) {
@@ -112,6 +122,7 @@ pub(crate) fn run_bench(
     let mut rng = Lcg(42);
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();
+    let mut sample_ms = Vec::new();
     if pp > 0 {
         ctx.clear_kv_cache();
         prompt_pass(model, ctx, pp.min(ctx.n_batch()), &mut rng)?; // warm-up
@@ -128,13 +139,15 @@ pub(crate) fn run_bench(
         for _ in 0..reps {
             ctx.clear_kv_cache();
             let t = Instant::now();
-            gen_pass(model, ctx, tg)?;
+            let sampling = gen_pass(model, ctx, tg)?;
             tg_rates.push(tg as f64 / t.elapsed().as_secs_f64());
+            sample_ms.push(sampling.as_secs_f64() * 1000.0 / tg as f64);
         }
     }
     ctx.clear_kv_cache();
     let (pp_mean, pp_std) = mean_std(&pp_rates);
     let (tg_mean, tg_std) = mean_std(&tg_rates);
+    let (sample_mean, _) = mean_std(&sample_ms);
     Ok(BenchReport {
         pp_tokens: pp,
         pp_tokens_per_s: pp_mean,
@@ -142,6 +155,7 @@ pub(crate) fn run_bench(
         tg_tokens: tg,
         tg_tokens_per_s: tg_mean,
         tg_stddev: tg_std,
+        tg_sample_ms_per_token: sample_mean,
         reps,
     })
 }
