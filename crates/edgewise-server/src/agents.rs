@@ -78,6 +78,8 @@ impl Drop for Registered {
 struct Active {
     agent: String,
     cancel: CancellationToken,
+    /// A neighbour placed this run here: only it may cancel the run through the mesh.
+    placed: bool,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +194,7 @@ impl AgentHub {
         seed: Option<u32>,
         run: Option<String>,
     ) -> (String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>) {
+        let placed = run.is_some();
         let run = run.unwrap_or_else(new_run_id);
         let cancel = CancellationToken::new();
         let agent = reg.spec.agent_id.clone();
@@ -200,6 +203,7 @@ impl AgentHub {
             Active {
                 agent: agent.clone(),
                 cancel: cancel.clone(),
+                placed,
             },
         );
         let opts = RunOptions {
@@ -239,6 +243,18 @@ impl AgentHub {
             .build(source, self.default_base_dir.clone(), false)
             .await?;
         Ok(self.spawn_run(Arc::new(reg), task, seed, Some(run)).1)
+    }
+
+    /// Cancels a run a neighbour placed here; `false` when there is no such run in flight
+    /// (it ended, or it was started on this node, which a neighbour may not cancel).
+    pub(crate) fn cancel_placed(&self, run: &str) -> bool {
+        match self.active().get(run).filter(|a| a.placed) {
+            Some(a) => {
+                a.cancel.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     fn read_agents(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Registered>>> {

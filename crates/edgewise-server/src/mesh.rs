@@ -28,8 +28,8 @@ use crate::AppState;
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The inference routes (and agent runs placed here) a neighbour may run on this node. Besides
-/// these, it may only sync the documents and collections of `mesh.share`; never the agents API,
-/// KV or anything else.
+/// these, it may only cancel the runs it placed here and sync the documents and collections of
+/// `mesh.share`; never the agents API, KV or anything else.
 const CALLABLE: [&str; 4] = [
     "/v1/chat/completions",
     "/v1/completions",
@@ -105,6 +105,10 @@ pub fn call_handler(
         .route(CALLABLE[1], post(crate::openai::completions))
         .route(CALLABLE[2], post(crate::embeddings::embeddings))
         .route(CALLABLE[3], post(crate::mesh_runs::serve_placed_run))
+        .route(
+            crate::mesh_runs::PLACED_RUN,
+            axum::routing::delete(crate::mesh_runs::cancel_placed_run),
+        )
         .route("/v1/docs/{name}/sync", post(shared_doc_sync))
         .route("/v1/knowledge", get(shared_collections))
         .route("/v1/knowledge/{c}/export", post(shared_export))

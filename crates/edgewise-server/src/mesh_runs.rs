@@ -7,7 +7,8 @@
 //! only for agents whose policy allows egress.
 //!
 //! On the wire a placed run is one mesh call to [`PLACED_RUNS`]: the spec's YAML, the task and
-//! the run id in; NDJSON lines (`started`, `step`, `finished`) out.
+//! the run id in; NDJSON lines (`started`, `step`, `finished`) out. Cancelling the run on the
+//! placing node cancels it on the node running it too ([`PLACED_RUN`], `DELETE`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -33,8 +34,12 @@ use crate::{ApiError, AppState};
 
 /// The mesh-only route that runs an agent placed here by a neighbour.
 pub(crate) const PLACED_RUNS: &str = "/v1/mesh/agent-runs";
+/// The mesh-only route that cancels a run placed here (`DELETE`).
+pub(crate) const PLACED_RUN: &str = "/v1/mesh/agent-runs/{run}";
 /// A placed run may take the spec's whole `limits.timeout`; this much more covers the transfer.
 const CALL_SLACK: Duration = Duration::from_secs(30);
+/// How long the placing node waits for the running node to confirm a cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the placing node sends.
 #[derive(Serialize, Deserialize)]
@@ -102,6 +107,42 @@ pub(crate) async fn serve_placed_run(
         HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(response)
+}
+
+/// `DELETE /v1/mesh/agent-runs/{run}` (through the mesh only): cancels a run a neighbour placed
+/// here. It ends `cancelled` here too, and its answer stream ends with that outcome.
+pub(crate) async fn cancel_placed_run(
+    State(state): State<AppState>,
+    axum::extract::Path(run): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let hub = crate::agents::hub(&state)?;
+    if !hub.cancel_placed(&run) {
+        return Err(ApiError::not_found(format!(
+            "no run '{run}' placed here is in flight"
+        )));
+    }
+    let mut response = Response::new(Body::from(
+        json!({"run": run, "status": "cancelling"}).to_string(),
+    ));
+    *response.status_mut() = axum::http::StatusCode::ACCEPTED;
+    Ok(response)
+}
+
+/// Tells `node` to stop the run it runs for us; what happened, for the audit log.
+async fn cancel_on(mesh: &Mesh, node: &str, run: &str) -> String {
+    let path = PLACED_RUN.replace("{run}", run);
+    match mesh
+        .node
+        .call(node, "DELETE", &path, &[], CANCEL_TIMEOUT)
+        .await
+    {
+        Ok(r) if r.status == 202 => "cancelled; the node stopped the run".into(),
+        Ok(r) => format!(
+            "cancelled; the node answered {} (the run had ended there)",
+            r.status
+        ),
+        Err(e) => format!("cancelled; the node could not be told: {e}"),
+    }
 }
 
 /// Why one attempt gave no outcome.
@@ -239,7 +280,7 @@ async fn placed_run(
         });
         let result = tokio::select! {
             r = trial => r,
-            () = cancel.cancelled() => Err(Failed::Refused("cancelled".into())),
+            () = cancel.cancelled() => Err(Failed::Refused(cancel_on(mesh, &node, &run).await)),
         };
         match result {
             Ok(o) => {

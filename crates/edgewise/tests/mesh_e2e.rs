@@ -897,6 +897,94 @@ fn a_placed_agent_run_survives_a_kill_9_of_its_node_with_one_result() {
     eprintln!("placed run {run}: {story:?}");
 }
 
+#[test]
+fn cancelling_a_placed_run_stops_it_on_the_node_that_runs_it() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
+    // a has only Gemma; b serves Qwen and runs the agent registered on a.
+    let lan = Lan::new(2);
+    let pki = tempfile::tempdir().unwrap();
+    let names = ["node-a", "node-b"];
+    let mut nodes = plant_nodes(&lan, pki.path(), &names, "qwen2.5-coder-0.5b-instruct", "");
+    configure(
+        nodes[0].home.path(),
+        "node-a",
+        "gemma-3-270m",
+        &lan.addr(0),
+        &[lan.addr(1)],
+        "",
+    );
+    start_linked(&lan, &mut nodes, &names);
+    register(&lan, 0, &kv_agent("shift-keeper", "node-b", false));
+
+    let (outcome, run) = std::thread::scope(|s| {
+        let caller = s.spawn(|| {
+            lan.inside(0, || {
+                http(
+                    PORT,
+                    "POST",
+                    "/v1/agents/shift-keeper/runs",
+                    r#"{"task": "Record the shift value.", "seed": 1}"#,
+                )
+            })
+        });
+        // While b runs it (its first step is still prefilling), cancel it on a.
+        wait_until(Duration::from_secs(60), "node-b never got the run", || {
+            mesh_of(&lan, 1)["calls_served"].as_u64() >= Some(1)
+        });
+        let (_, _, runs) = lan.inside(0, || http(PORT, "GET", "/v1/agents/shift-keeper/runs", ""));
+        let runs: Value = serde_json::from_str(&runs).unwrap();
+        let run = runs["data"][0]["run"].as_str().unwrap().to_owned();
+        let path = format!("/v1/agents/shift-keeper/runs/{run}");
+        let (status, _, body) = lan.inside(0, || http(PORT, "DELETE", &path, ""));
+        assert_eq!(status, 202, "{body}");
+        let (status, head, body) = caller.join().unwrap();
+        assert_eq!(status, 200, "{head}\n{body}");
+        let events = sse_events(&body);
+        let finished: Vec<Value> = events
+            .into_iter()
+            .filter(|(e, _)| e == "finished")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(finished.len(), 1, "exactly one result: {body}");
+        (finished[0].clone(), run)
+    });
+    assert_eq!(outcome["status"], "cancelled", "{outcome}");
+    assert_eq!(outcome["run"], run, "{outcome}");
+
+    // b stopped it too, under the same id: its transcript and its audit log say cancelled.
+    let path = format!("/v1/agents/shift-keeper/runs/{run}");
+    wait_until(
+        Duration::from_secs(10),
+        "node-b kept running the run",
+        || {
+            let (status, _, body) = lan.inside(1, || http(PORT, "GET", &path, ""));
+            status == 200 && serde_json::from_str::<Value>(&body).unwrap()["status"] == "cancelled"
+        },
+    );
+    let on_b = story(&audit_of(nodes[1].home.path(), &run));
+    assert!(
+        on_b.iter()
+            .any(|(k, n, d)| k == "run_end" && n == "node-b" && d == "cancelled"),
+        "{on_b:?}"
+    );
+    // a's log says so: the attempt on b ended by the cancel, which b confirmed.
+    let on_a = audit_of(nodes[0].home.path(), &run);
+    assert!(
+        on_a.iter().any(|r| r["kind"] == "placement"
+            && r["node"] == "node-b"
+            && r["decision"] == "failed"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("the node stopped the run"))),
+        "{on_a:?}"
+    );
+    assert!(
+        on_a.iter()
+            .any(|r| r["kind"] == "run_end" && r["decision"] == "cancelled"),
+        "{on_a:?}"
+    );
+}
+
 /// A packet capture on `lan`'s node `i` interface, of IP packets only.
 struct Capture {
     child: std::process::Child,
