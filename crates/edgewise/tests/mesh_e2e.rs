@@ -795,28 +795,29 @@ fn sse_events(body: &str) -> Vec<(String, Value)> {
     out
 }
 
-#[test]
-fn a_placed_agent_run_survives_a_kill_9_of_its_node_with_one_result() {
-    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
-    // a has only Gemma; b and c serve Qwen. An agent for Qwen registered on a runs on b (its
-    // fallback) until b is killed mid-run, then on c.
-    let lan = Lan::new(3);
-    let pki = tempfile::tempdir().unwrap();
-    let names = ["node-a", "node-b", "node-c"];
-    let mut nodes = plant_nodes(&lan, pki.path(), &names, "qwen2.5-coder-0.5b-instruct", "");
+/// Nodes `names` on `lan`, linked: the first has only Gemma, the others serve Qwen, and the
+/// first has "shift-keeper" (for Qwen, fallback node-b) registered.
+fn gemma_in_front(lan: &Lan, pki: &Path, names: &[&str]) -> Vec<Node> {
+    let mut nodes = plant_nodes(lan, pki, names, "qwen2.5-coder-0.5b-instruct", "");
+    let others: Vec<String> = (1..names.len()).map(|j| lan.addr(j)).collect();
     configure(
         nodes[0].home.path(),
-        "node-a",
+        names[0],
         "gemma-3-270m",
         &lan.addr(0),
-        &[lan.addr(1), lan.addr(2)],
+        &others,
         "",
     );
-    start_linked(&lan, &mut nodes, &names);
-    register(&lan, 0, &kv_agent("shift-keeper", "node-b", false));
+    start_linked(lan, &mut nodes, names);
+    register(lan, 0, &kv_agent("shift-keeper", "node-b", false));
+    nodes
+}
 
-    let caller = std::thread::scope(|s| {
-        let run = s.spawn(|| {
+/// Starts a run of "shift-keeper" on node 0 (SSE) and calls `meanwhile` once node 1 has taken
+/// it; what `meanwhile` returned, and the run's SSE body once it has ended.
+fn run_while_b_has_it<T>(lan: &Lan, meanwhile: impl FnOnce() -> T) -> (T, String) {
+    std::thread::scope(|s| {
+        let caller = s.spawn(|| {
             lan.inside(0, || {
                 http(
                     PORT,
@@ -826,25 +827,45 @@ fn a_placed_agent_run_survives_a_kill_9_of_its_node_with_one_result() {
                 )
             })
         });
-        // The moment b takes the run, kill it.
         wait_until(Duration::from_secs(60), "node-b never got the run", || {
-            mesh_of(&lan, 1)["calls_served"].as_u64() >= Some(1)
+            mesh_of(lan, 1)["calls_served"].as_u64() >= Some(1)
         });
-        std::thread::sleep(Duration::from_millis(300));
-        drop(nodes[1].guard.take());
-        run.join().unwrap()
-    });
-    let (status, head, body) = caller;
-    assert_eq!(status, 200, "{head}\n{body}");
-    let events = sse_events(&body);
-    let finished: Vec<&Value> = events
-        .iter()
+        let got = meanwhile();
+        let (status, head, body) = caller.join().unwrap();
+        assert_eq!(status, 200, "{head}\n{body}");
+        (got, body)
+    })
+}
+
+/// The one `finished` outcome of an SSE run body, which has no `error` event.
+fn only_outcome(body: &str) -> Value {
+    let events = sse_events(body);
+    assert!(events.iter().all(|(e, _)| e != "error"), "{body}");
+    let mut finished: Vec<Value> = events
+        .into_iter()
         .filter(|(e, _)| e == "finished")
         .map(|(_, d)| d)
         .collect();
     assert_eq!(finished.len(), 1, "exactly one result: {body}");
-    assert!(events.iter().all(|(e, _)| e != "error"), "{body}");
-    let outcome = finished[0];
+    finished.remove(0)
+}
+
+#[test]
+fn a_placed_agent_run_survives_a_kill_9_of_its_node_with_one_result() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
+    // a has only Gemma; b and c serve Qwen. An agent for Qwen registered on a runs on b (its
+    // fallback) until b is killed mid-run, then on c.
+    let lan = Lan::new(3);
+    let pki = tempfile::tempdir().unwrap();
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes = gemma_in_front(&lan, pki.path(), &names);
+
+    // The moment b takes the run, kill it.
+    let ((), body) = run_while_b_has_it(&lan, || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(nodes[1].guard.take());
+    });
+    let outcome = &only_outcome(&body);
     assert_eq!(outcome["status"], "completed", "{outcome}");
     assert!(all_steps(outcome, "node", "node-c"), "{outcome}");
     let steps = outcome["steps"].as_array().unwrap();
@@ -904,50 +925,19 @@ fn cancelling_a_placed_run_stops_it_on_the_node_that_runs_it() {
     let lan = Lan::new(2);
     let pki = tempfile::tempdir().unwrap();
     let names = ["node-a", "node-b"];
-    let mut nodes = plant_nodes(&lan, pki.path(), &names, "qwen2.5-coder-0.5b-instruct", "");
-    configure(
-        nodes[0].home.path(),
-        "node-a",
-        "gemma-3-270m",
-        &lan.addr(0),
-        &[lan.addr(1)],
-        "",
-    );
-    start_linked(&lan, &mut nodes, &names);
-    register(&lan, 0, &kv_agent("shift-keeper", "node-b", false));
+    let nodes = gemma_in_front(&lan, pki.path(), &names);
 
-    let (outcome, run) = std::thread::scope(|s| {
-        let caller = s.spawn(|| {
-            lan.inside(0, || {
-                http(
-                    PORT,
-                    "POST",
-                    "/v1/agents/shift-keeper/runs",
-                    r#"{"task": "Record the shift value.", "seed": 1}"#,
-                )
-            })
-        });
-        // While b runs it (its first step is still prefilling), cancel it on a.
-        wait_until(Duration::from_secs(60), "node-b never got the run", || {
-            mesh_of(&lan, 1)["calls_served"].as_u64() >= Some(1)
-        });
+    // While b runs it (its first step is still prefilling), cancel it on a.
+    let (run, body) = run_while_b_has_it(&lan, || {
         let (_, _, runs) = lan.inside(0, || http(PORT, "GET", "/v1/agents/shift-keeper/runs", ""));
         let runs: Value = serde_json::from_str(&runs).unwrap();
         let run = runs["data"][0]["run"].as_str().unwrap().to_owned();
         let path = format!("/v1/agents/shift-keeper/runs/{run}");
         let (status, _, body) = lan.inside(0, || http(PORT, "DELETE", &path, ""));
         assert_eq!(status, 202, "{body}");
-        let (status, head, body) = caller.join().unwrap();
-        assert_eq!(status, 200, "{head}\n{body}");
-        let events = sse_events(&body);
-        let finished: Vec<Value> = events
-            .into_iter()
-            .filter(|(e, _)| e == "finished")
-            .map(|(_, d)| d)
-            .collect();
-        assert_eq!(finished.len(), 1, "exactly one result: {body}");
-        (finished[0].clone(), run)
+        run
     });
+    let outcome = only_outcome(&body);
     assert_eq!(outcome["status"], "cancelled", "{outcome}");
     assert_eq!(outcome["run"], run, "{outcome}");
 
