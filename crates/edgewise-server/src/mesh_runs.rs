@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use edgewise_agent::{
     AgentError, RunOptions, RunOutcome, RunRecord, RunStatus, StepEvent, StepRecord,
 };
@@ -121,11 +121,8 @@ pub(crate) async fn cancel_placed_run(
             "no run '{run}' placed here is in flight"
         )));
     }
-    let mut response = Response::new(Body::from(
-        json!({"run": run, "status": "cancelling"}).to_string(),
-    ));
-    *response.status_mut() = axum::http::StatusCode::ACCEPTED;
-    Ok(response)
+    let body = axum::Json(json!({"run": run, "status": "cancelling"}));
+    Ok((axum::http::StatusCode::ACCEPTED, body).into_response())
 }
 
 /// Tells `node` to stop the run it runs for us; what happened, for the audit log.
@@ -137,10 +134,8 @@ async fn cancel_on(mesh: &Mesh, node: &str, run: &str) -> String {
         .await
     {
         Ok(r) if r.status == 202 => "cancelled; the node stopped the run".into(),
-        Ok(r) => format!(
-            "cancelled; the node answered {} (the run had ended there)",
-            r.status
-        ),
+        Ok(r) if r.status == 404 => "cancelled; the run had already ended on the node".into(),
+        Ok(r) => format!("cancelled; the node answered {}", r.status),
         Err(e) => format!("cancelled; the node could not be told: {e}"),
     }
 }
