@@ -574,6 +574,15 @@ pub async fn get_run(
     }
 }
 
+/// The answer to a cancel: 202, the run ends `cancelled` shortly.
+pub(crate) fn cancelling(run: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"run": run, "status": "cancelling"})),
+    )
+        .into_response()
+}
+
 /// Cancels a run in flight (202; it ends `cancelled`), or deletes a finished run's transcript (204).
 pub async fn delete_run(
     State(state): State<AppState>,
@@ -582,11 +591,7 @@ pub async fn delete_run(
     let hub = hub(&state)?;
     if let Some(a) = hub.active().get(&run).filter(|a| a.agent == id) {
         a.cancel.cancel();
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"run": run, "status": "cancelling"})),
-        )
-            .into_response());
+        return Ok(cancelling(&run));
     }
     match hub.host.runs().delete(&id, &run) {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),

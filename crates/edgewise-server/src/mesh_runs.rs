@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use edgewise_agent::{
     AgentError, RunOptions, RunOutcome, RunRecord, RunStatus, StepEvent, StepRecord,
 };
@@ -121,8 +121,7 @@ pub(crate) async fn cancel_placed_run(
             "no run '{run}' placed here is in flight"
         )));
     }
-    let body = axum::Json(json!({"run": run, "status": "cancelling"}));
-    Ok((axum::http::StatusCode::ACCEPTED, body).into_response())
+    Ok(crate::agents::cancelling(&run))
 }
 
 /// Tells `node` to stop the run it runs for us; what happened, for the audit log.
