@@ -7,8 +7,7 @@ use common::free_port;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgewise_core::MeshConfig;
-use edgewise_mesh::{init_ca, issue, Advert, CallHandler, CallRequest, CallResponse, MeshNode};
+use edgewise_mesh::{init_ca, Advert, CallHandler, CallRequest, CallResponse, MeshNode};
 use futures::StreamExt;
 
 struct NoCalls;
@@ -31,20 +30,7 @@ async fn member(
     connect: &[u16],
     advert: Advert,
 ) -> MeshNode {
-    let tls = issue(&pki.join("ca"), name, &pki.join(name)).unwrap();
-    let connect: Vec<String> = connect
-        .iter()
-        .map(|p| format!("tls/127.0.0.1:{p}"))
-        .collect();
-    let cfg: MeshConfig = serde_yaml::from_str(&format!(
-        "trust_domain: plant\nlisten: [tls/127.0.0.1:{port}]\nconnect: [{}]",
-        connect.join(", ")
-    ))
-    .unwrap();
-    let advert = Arc::new(move || advert.clone());
-    MeshNode::join(name, &cfg, &tls, advert, Arc::new(NoCalls))
-        .await
-        .unwrap()
+    common::member(pki, name, port, connect, advert, Arc::new(NoCalls)).await
 }
 
 fn advert(node: &str, components: &[&str], waiting: u64) -> Advert {
@@ -74,7 +60,11 @@ async fn candidates_match_model_and_components_then_load_and_round_trip() {
         advert("b", &["ocr"], 3),
     )
     .await;
-    let _c = member(pki.path(), "c", ports[2], &ports[..1], advert("c", &[], 0)).await;
+    let embeds = Advert {
+        embedding_model: Some("e".into()),
+        ..advert("c", &[], 0)
+    };
+    let _c = member(pki.path(), "c", ports[2], &ports[..1], embeds).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while a.nodes_serving("m", &[]).len() < 2 {
@@ -91,6 +81,10 @@ async fn candidates_match_model_and_components_then_load_and_round_trip() {
         .nodes_serving("m", &["ocr".into(), "asr".into()])
         .is_empty());
     assert!(a.nodes_serving("other-model", &[]).is_empty());
+    // Embedding requests go to the nodes whose embedding model it is, not to chat models.
+    assert_eq!(a.nodes_embedding("e"), ["c"]);
+    assert!(a.nodes_embedding("m").is_empty());
+    assert!(a.nodes_serving("e", &[]).is_empty());
 
     // Round trips are measured by the mesh's own ping.
     assert!(a.peers().iter().all(|p| p.rtt_ms.is_none()));

@@ -1,4 +1,11 @@
 //! Helpers shared by the mesh crate's integration tests.
+// Each test binary uses a part of these.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use edgewise_core::MeshConfig;
+use edgewise_mesh::{issue, Advert, CallHandler, MeshNode};
 
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
@@ -7,4 +14,30 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A member of trust domain `plant` (CA in `<pki>/ca`) listening on `port`, linked to the members
+/// on `connect`, advertising `advert` and answering calls with `handler`.
+pub async fn member(
+    pki: &std::path::Path,
+    name: &str,
+    port: u16,
+    connect: &[u16],
+    advert: Advert,
+    handler: Arc<dyn CallHandler>,
+) -> MeshNode {
+    let tls = issue(&pki.join("ca"), name, &pki.join(name)).unwrap();
+    let connect: Vec<String> = connect
+        .iter()
+        .map(|p| format!("tls/127.0.0.1:{p}"))
+        .collect();
+    let cfg: MeshConfig = serde_yaml::from_str(&format!(
+        "trust_domain: plant\nlisten: [tls/127.0.0.1:{port}]\nconnect: [{}]",
+        connect.join(", ")
+    ))
+    .unwrap();
+    let advert = Arc::new(move || advert.clone());
+    MeshNode::join(name, &cfg, &tls, advert, handler)
+        .await
+        .unwrap()
 }
