@@ -47,6 +47,8 @@ echo "== edgewise serve on 127.0.0.1:$PORT"
 "$BIN" serve --listen "127.0.0.1:$PORT" &
 PIDS+=($!)
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.5; done
+# Inference is open to local clients; every other route needs the node's admin token.
+AUTH="authorization: Bearer $("$BIN" token show)"
 
 echo "== chat completion with a tool the model may call"
 curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' -d '{
@@ -73,9 +75,9 @@ print(json.dumps({"source": "factory-floor", "payload": r}))
 PY
 )
 echo "event: $READING"
-curl -sf "http://127.0.0.1:$PORT/v1/components/sensor-handler/events" -H 'content-type: application/json' -d "$READING"
+curl -sf "http://127.0.0.1:$PORT/v1/components/sensor-handler/events" -H "$AUTH" -H 'content-type: application/json' -d "$READING"
 echo
 
 echo "== metrics"
-curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^edgewise_(completion_tokens_total|prefix_cache_hit_ratio)'
+curl -sf "http://127.0.0.1:$PORT/metrics" -H "$AUTH" | grep -E '^edgewise_(completion_tokens_total|prefix_cache_hit_ratio)'
 echo "demo finished"

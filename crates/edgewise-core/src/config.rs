@@ -45,8 +45,19 @@ pub struct NodeConfig {
     pub batch_tokens: u32,
     /// Layers offloaded to the GPU when built with the `cuda` feature.
     pub gpu_layers: u32,
-    /// Bearer key required by the HTTP API when set.
+    /// Bearer key required by the inference routes (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/embeddings`, `/v1/models`) when set; they are open to local clients otherwise. Every
+    /// other route needs the admin token (`<home>/admin.token`), which is also accepted here.
     pub api_key: Option<String>,
+    /// Host names (besides IP addresses and `localhost`) that requests may name in their `Host`
+    /// header, e.g. `gateway.local`. Any other name is refused: a page on a rebinding domain
+    /// cannot reach the node.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API from a browser. Empty:
+    /// every request that carries an `Origin` header is refused.
+    pub allowed_origins: Vec<String>,
+    /// Bounds on the work clients can start at once.
+    pub limits: NodeLimits,
     /// Hex ed25519 public keys; when non-empty, only models signed by one of them load.
     pub trusted_keys: Vec<String>,
     /// Embedding model served by `/v1/embeddings`.
@@ -66,6 +77,29 @@ pub struct NodeConfig {
     pub sync: Option<SyncConfig>,
     /// Joining a mesh of nodes over Zenoh (mTLS on every link); absent means this node is alone.
     pub mesh: Option<MeshConfig>,
+}
+
+/// `limits:` in config.yaml: how much work clients and neighbours can start at once. Requests
+/// beyond them are answered 429 or 503 with `Retry-After`, never queued without bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeLimits {
+    /// Agent runs in flight on this node (API, triggers and runs placed here by neighbours).
+    pub concurrent_runs: usize,
+    /// Agent runs in flight of any one agent.
+    pub concurrent_runs_per_agent: usize,
+    /// `/v1/embeddings` requests computed at once.
+    pub concurrent_embeddings: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            concurrent_runs: 16,
+            concurrent_runs_per_agent: 4,
+            concurrent_embeddings: 4,
+        }
+    }
 }
 
 /// `mesh:` in config.yaml: how this node joins its neighbours.
@@ -166,7 +200,8 @@ impl std::fmt::Display for MeshRole {
 pub struct SyncConfig {
     /// Base URL of the upstream node's HTTP API, e.g. `http://fog.local:8080`.
     pub upstream: String,
-    /// Environment variable that holds the upstream's API key (never the key itself).
+    /// Environment variable that holds the upstream's admin token (never the token itself): the
+    /// state routes sync uses need it.
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// Seconds between rounds while `serve` runs; 0 syncs only on request.
@@ -248,6 +283,9 @@ impl Default for NodeConfig {
             batch_tokens: 512,
             gpu_layers: 0,
             api_key: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            limits: NodeLimits::default(),
             trusted_keys: Vec::new(),
             embedding_model: "all-minilm-l6-v2".into(),
             mqtt_listen: "127.0.0.1:1883".into(),

@@ -3,6 +3,7 @@
 //! Invariant: this crate does no network I/O and starts no threads; its only I/O is reading the
 //! config and agent spec files it is pointed at.
 
+pub mod admin_token;
 pub mod agent_spec;
 pub mod breaker;
 pub mod config;
@@ -15,7 +16,7 @@ pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{
     AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, MeshConfig, MeshRole, MeshShare,
-    NodeConfig, SyncConfig,
+    NodeConfig, NodeLimits, SyncConfig,
 };
 pub use grants::{ComponentManifest, FileGrant, Grants, HostInterface};
 pub use paths::DataDir;

@@ -69,6 +69,10 @@ impl DataDir {
     pub fn knowledge(&self) -> PathBuf {
         self.root.join("knowledge")
     }
+    /// The operator's credential for the node's admin routes (mode 0600; `edgewise token rotate`).
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
     /// Node configuration.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.yaml")

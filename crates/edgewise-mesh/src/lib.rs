@@ -168,6 +168,10 @@ pub struct RemoteResponse {
     pub body: tokio::sync::mpsc::UnboundedReceiver<Result<Vec<u8>, MeshError>>,
 }
 
+/// Mesh calls this node answers at once (inference calls then also wait in the engine's bounded
+/// queue; placed runs count against `limits.concurrent_runs`).
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+
 /// This node's membership: its Zenoh session, token, advert publisher, call queryable and the
 /// table of neighbours. Leaving (drop) withdraws all of them.
 pub struct MeshNode {
@@ -287,9 +291,26 @@ impl MeshNode {
             }));
         }
         tasks.push(tokio::spawn(async move {
+            // Neighbours cannot make this node run more calls at once than this; beyond it they
+            // get an error at once and try their next candidate.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
             while let Ok(query) = calls.recv_async().await {
                 let handler = handler.clone();
-                tokio::spawn(answer(query, handler));
+                match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            answer(query, handler).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::spawn(async move {
+                            let _ = query
+                                .reply_err(format!("busy: this node already answers {MAX_CALLS_IN_FLIGHT} mesh calls"))
+                                .await;
+                        });
+                    }
+                }
             }
         }));
 
@@ -323,16 +344,28 @@ impl MeshNode {
     /// Live neighbours that advertise the chat model `model` and every one of `components`, in
     /// offload order: lower tier first, then the less loaded, then the nearer (round trip).
     pub fn nodes_serving(&self, model: &str, components: &[String]) -> Vec<String> {
+        self.ranked(|a| {
+            a.models.iter().any(|m| m == model)
+                && components.iter().all(|c| a.components.contains(c))
+        })
+    }
+
+    /// Live neighbours whose embedding model is `model`, in the same order as `nodes_serving`.
+    pub fn nodes_embedding(&self, model: &str) -> Vec<String> {
+        self.ranked(|a| a.embedding_model.as_deref() == Some(model))
+    }
+
+    /// Live neighbours whose advert passes `capable`: lower tier first, then less load, then
+    /// shorter round trip.
+    fn ranked(&self, capable: impl Fn(&Advert) -> bool) -> Vec<String> {
         let mut found: Vec<(u8, u64, u64, String)> = lock(&self.peers)
             .iter()
             .filter(|(_, e)| e.alive)
             .filter_map(|(node, e)| {
                 let a = e.advert.as_ref()?;
-                let capable = a.models.iter().any(|m| m == model)
-                    && components.iter().all(|c| a.components.contains(c));
                 // Not measured yet: after the measured ones of the same tier and load.
                 let rtt_us = e.rtt_ms.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
-                capable.then(|| (a.tier, a.waiting + a.active, rtt_us, node.clone()))
+                capable(a).then(|| (a.tier, a.waiting + a.active, rtt_us, node.clone()))
             })
             .collect();
         found.sort();

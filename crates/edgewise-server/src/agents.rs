@@ -167,6 +167,7 @@ impl AgentHub {
         // Holds the registration only weakly: unregistering drops it, which stops the triggers.
         let hub = self.clone();
         let weak = Arc::downgrade(reg);
+        let weak_id = reg.spec.agent_id.clone();
         let stop = reg.triggers.clone();
         tokio::spawn(async move {
             loop {
@@ -177,8 +178,12 @@ impl AgentHub {
                 let (Some(msg), Some(reg)) = (msg, weak.upgrade()) else {
                     break;
                 };
-                let (_, mut events) = hub.spawn_run(reg, msg.task(), None, None);
-                while events.recv().await.is_some() {}
+                match hub.spawn_run(reg, msg.task(), None, None) {
+                    Ok((_, mut events)) => while events.recv().await.is_some() {},
+                    Err(e) => {
+                        tracing::warn!(agent = %weak_id, "trigger message dropped: {}", e.message)
+                    }
+                }
             }
         });
         Ok(())
@@ -186,26 +191,59 @@ impl AgentHub {
 
     /// Starts a run as a node task (here or on the mesh); its steps arrive on the returned
     /// channel, which closes when the run has ended (whether or not anyone listens). `run` is
-    /// the id of a run a neighbour placed here; `None` makes a new one.
+    /// the id of a run a neighbour placed here; `None` makes a new one. Refused with 429 when the
+    /// node or the agent already has `limits` runs in flight.
     fn spawn_run(
         self: &Arc<Self>,
         reg: Arc<Registered>,
         task: String,
         seed: Option<u32>,
         run: Option<String>,
-    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>) {
+    ) -> Result<(String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>), ApiError> {
         let placed = run.is_some();
         let run = run.unwrap_or_else(new_run_id);
         let cancel = CancellationToken::new();
         let agent = reg.spec.agent_id.clone();
-        self.active().insert(
-            run.clone(),
-            Active {
-                agent: agent.clone(),
-                cancel: cancel.clone(),
-                placed,
-            },
-        );
+        {
+            // Counted and inserted under one lock, so concurrent starts cannot overshoot.
+            let mut active = self.active();
+            let limits = &self.host.config.limits;
+            let of_agent = active.values().filter(|a| a.agent == agent).count();
+            let full = if active.len() >= limits.concurrent_runs {
+                Some(format!(
+                    "this node already runs {} agent runs (limits.concurrent_runs)",
+                    active.len()
+                ))
+            } else if of_agent >= limits.concurrent_runs_per_agent {
+                Some(format!(
+                    "agent '{agent}' already has {of_agent} runs in flight (limits.concurrent_runs_per_agent)"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = full {
+                return Err(ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    kind: "rate_limit_error",
+                    code: Some("too_many_runs"),
+                    retry_after_s: Some(1),
+                    ..ApiError::bad_request(format!("{why}; retry when one has finished"))
+                });
+            }
+            if active.contains_key(&run) {
+                return Err(ApiError::bad_request(format!(
+                    "run '{run}' is already in flight here"
+                )));
+            }
+            active.insert(
+                run.clone(),
+                Active {
+                    agent: agent.clone(),
+                    cancel: cancel.clone(),
+                    placed,
+                },
+            );
+        }
         let opts = RunOptions {
             run_id: Some(run.clone()),
             seed,
@@ -227,7 +265,7 @@ impl AgentHub {
             }
             hub.active().remove(&id);
         });
-        (run, rx)
+        Ok((run, rx))
     }
 
     /// Runs a spec a neighbour placed here, under the neighbour's run id. Only for agents whose
@@ -242,7 +280,7 @@ impl AgentHub {
         let reg = self
             .build(source, self.default_base_dir.clone(), false)
             .await?;
-        Ok(self.spawn_run(Arc::new(reg), task, seed, Some(run)).1)
+        Ok(self.spawn_run(Arc::new(reg), task, seed, Some(run))?.1)
     }
 
     /// Cancels a run a neighbour placed here; `false` when there is no such run in flight
@@ -367,29 +405,40 @@ fn summary(r: &Registered) -> Value {
     })
 }
 
-/// `POST /v1/agents`: the body is the spec's YAML, or JSON `{"spec": YAML, "base_dir": DIR}`.
+/// `POST /v1/agents`: the body is the spec's YAML (`Content-Type: application/yaml`), or JSON
+/// `{"spec": YAML, "base_dir": DIR}` (`application/json`).
 /// Registering an id again replaces it (runs in flight finish on the old spec).
-pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let hub = hub(&state)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the agent spec is not UTF-8 text"))?;
-    // A JSON object is the wrapped form; anything else is the spec's YAML itself.
-    let (source, base_dir) = match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
-        Ok(obj) => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                spec: String,
-                base_dir: Option<PathBuf>,
-            }
-            let b: Body = serde_json::from_value(Value::Object(obj)).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "expected the spec's YAML, or JSON {{\"spec\": \"<agent spec YAML>\", \"base_dir\": \"<dir>\"}}: {e}"
-                ))
-            })?;
-            (b.spec, b.base_dir)
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let (source, base_dir) = if json {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            spec: String,
+            base_dir: Option<PathBuf>,
         }
-        Err(_) => (text.to_owned(), None),
+        let b: Body = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected JSON {{\"spec\": \"<agent spec YAML>\", \"base_dir\": \"<dir>\"}} (or send the YAML itself as application/yaml): {e}"
+            ))
+        })?;
+        (b.spec, b.base_dir)
+    } else {
+        (text.to_owned(), None)
     };
     let base_dir = base_dir.unwrap_or_else(|| hub.default_base_dir.clone());
     if !base_dir.is_absolute() {
@@ -497,7 +546,7 @@ pub async fn start_run(
     if body.task.trim().is_empty() {
         return Err(ApiError::bad_request("the task is empty").param("task"));
     }
-    let (run, rx) = hub.spawn_run(r, body.task, body.seed, None);
+    let (run, rx) = hub.spawn_run(r, body.task, body.seed, None)?;
 
     if body.stream {
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);

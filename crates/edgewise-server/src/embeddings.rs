@@ -65,6 +65,19 @@ pub async fn embeddings(State(state): State<AppState>, raw: Bytes) -> Result<Res
             .param("encoding_format"))
         }
     };
+    // Embedding is CPU-bound and runs off the async runtime: without a bound, a burst of requests
+    // would queue blocking threads without limit.
+    let Ok(_slot) = state.embedding_slots.try_acquire() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            code: Some("server_overloaded"),
+            retry_after_s: Some(1),
+            ..ApiError::bad_request(
+                "this node is computing as many embeddings as limits.concurrent_embeddings allows; retry shortly",
+            )
+        });
+    };
     let lazy = lazy.clone();
     let (vectors, tokens) = tokio::task::spawn_blocking(move || lazy.get()?.embed_counting(&texts))
         .await

@@ -4,6 +4,7 @@
 //! Invariants: binds what it is told (the CLI defaults to 127.0.0.1); every error body is OpenAI's
 //! error JSON; a client that disconnects cancels its generation.
 
+mod access;
 mod agents;
 pub mod broker;
 mod components;
@@ -17,16 +18,15 @@ mod state;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use edgewise_infer::{Engine, LazyEmbedder};
 use serde_json::json;
 
+pub use access::Access;
 pub use agents::AgentHub;
 pub use error::ApiError;
 pub use state::NodeState;
@@ -48,6 +48,10 @@ pub struct Inner {
     pub(crate) engine: Arc<Engine>,
     pub(crate) embedder: Option<Arc<LazyEmbedder>>,
     pub(crate) api_key: Option<String>,
+    /// The admin token, allowed hosts and origins.
+    pub(crate) access: Access,
+    /// `/v1/embeddings` requests computed at once (`limits.concurrent_embeddings`).
+    pub(crate) embedding_slots: tokio::sync::Semaphore,
     pub(crate) metrics: metrics::HttpMetrics,
 }
 
@@ -64,6 +68,8 @@ impl AppState {
         engine: Arc<Engine>,
         embedder: Option<Arc<LazyEmbedder>>,
         api_key: Option<String>,
+        access: Access,
+        limits: &edgewise_core::NodeLimits,
         context_per_request: u32,
     ) -> Self {
         Self {
@@ -71,6 +77,8 @@ impl AppState {
                 engine,
                 embedder,
                 api_key: api_key.filter(|k| !k.is_empty()),
+                access,
+                embedding_slots: tokio::sync::Semaphore::new(limits.concurrent_embeddings.max(1)),
                 metrics: metrics::HttpMetrics::default(),
             }),
             context_per_request,
@@ -129,12 +137,19 @@ impl AppState {
     }
 }
 
+/// Inference routes follow `api_key`; every other route needs the admin token; all of them pass
+/// the browser guard first (`access`). `/health` is open.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let inference = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(list_models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::require_api_key,
+        ));
+    let admin = Router::new()
         .route("/v1/agents", post(agents::register).get(agents::list))
         .route("/v1/agents/{id}", get(agents::show).delete(agents::remove))
         .route(
@@ -186,7 +201,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_api_key,
+            access::require_admin,
+        ));
+    let api = inference
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::guard_browser,
         ));
     Router::new()
         .merge(api)
@@ -204,20 +225,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(8 << 20))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -243,7 +243,11 @@ pub(crate) async fn offload(
     body: &Bytes,
 ) -> Option<Result<Response, ApiError>> {
     let mesh = state.mesh.as_ref()?;
-    let nodes = mesh.node.nodes_serving(model, &[]);
+    let nodes = if path == "/v1/embeddings" {
+        mesh.node.nodes_embedding(model)
+    } else {
+        mesh.node.nodes_serving(model, &[])
+    };
     if nodes.is_empty() {
         return None;
     }

@@ -65,6 +65,9 @@ struct CompletionBody {
     response_format: Option<Value>,
 }
 
+/// Longest stop sequence accepted.
+const MAX_STOP_BYTES: usize = 256;
+
 pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
@@ -121,6 +124,14 @@ impl Common {
         };
         if req.stop.len() > 4 {
             return Err(ApiError::bad_request("at most 4 stop sequences").param("stop"));
+        }
+        // Each generated token is matched against every stop string: bound their length too.
+        if let Some(long) = req.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::bad_request(format!(
+                "a stop sequence is {} bytes long; at most {MAX_STOP_BYTES}",
+                long.len()
+            ))
+            .param("stop"));
         }
         Ok(req)
     }

@@ -240,8 +240,11 @@ impl Remote for HttpRemote {
         let method =
             reqwest::Method::from_bytes(r.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
         let mut req = self.http.request(method, url).body(r.body.clone());
+        // The upstream refuses bodies that do not say what they are.
         if r.json {
             req = req.header("content-type", "application/json");
+        } else if !r.body.is_empty() {
+            req = req.header("content-type", "application/octet-stream");
         }
         if let Some(v) = r.if_match {
             req = req.header("If-Match", format!("\"{v}\""));

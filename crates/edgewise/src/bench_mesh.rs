@@ -259,7 +259,10 @@ fn wait_linked(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let url = format!("http://127.0.0.1:{}/v1/mesh", front.http);
-        let mesh: Value = client.get(&url).send()?.json()?;
+        // An admin route: the node made its token when it started.
+        let token =
+            edgewise_core::admin_token::read(&front.home.join("admin.token"))?.unwrap_or_default();
+        let mesh: Value = client.get(&url).bearer_auth(token).send()?.json()?;
         let ready =
             backs.iter().all(|b| {
                 mesh["peers"].as_array().into_iter().flatten().any(|p| {

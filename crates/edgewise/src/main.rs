@@ -16,6 +16,7 @@ mod models;
 mod node;
 mod progress;
 mod sync;
+mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,6 +92,10 @@ enum Command {
     /// Verify and read the hash-chained audit log.
     #[command(subcommand)]
     Audit(agent::AuditCommand),
+    /// The node's admin token (`show`, `rotate`): the credential for agents, state, components,
+    /// mesh and metrics routes.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Evaluate the model's tool calling (`eval tools`).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -135,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mesh(cmd) => mesh::run(&node, cmd),
         Command::Component(cmd) => component::run(&node, cmd),
         Command::Eval(cmd) => eval::run(&node, cmd),
+        Command::Token(cmd) => token::run(&node, cmd),
     }
 }
 
@@ -165,6 +171,16 @@ fn serve(
     no_embeddings: bool,
     no_agents: bool,
 ) -> Result<()> {
+    // The credential first: a token file others can read stops the node before model loading.
+    let access = edgewise_server::Access::new(
+        node.data.admin_token(),
+        &node.config.allowed_hosts,
+        &node.config.allowed_origins,
+    )?;
+    eprintln!(
+        "admin token in {} (`edgewise token show`)",
+        node.data.admin_token().display()
+    );
     // Open the state first: a second node on the same data dir fails here, before model loading.
     let host = if no_agents {
         None
@@ -204,6 +220,8 @@ fn serve(
         engine.clone(),
         embedder.clone(),
         node.config.api_key.clone(),
+        access,
+        &node.config.limits,
         node.config.context_per_request,
     );
     let rt = tokio::runtime::Builder::new_multi_thread()

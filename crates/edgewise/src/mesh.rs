@@ -93,8 +93,8 @@ pub fn run(node: &Node, cmd: MeshCommand) -> Result<()> {
 fn status(node: &Node, url: Option<String>, json: bool) -> Result<()> {
     let base = url.unwrap_or_else(|| format!("http://{}", node.config.listen));
     let mut req = reqwest::blocking::Client::new().get(format!("{base}/v1/mesh"));
-    if let Some(key) = &node.config.api_key {
-        req = req.bearer_auth(key);
+    if let Some(token) = crate::token::for_requests(node)? {
+        req = req.bearer_auth(token);
     }
     let resp = req.send().with_context(|| {
         format!("cannot reach the node at {base} (is `edgewise serve` running?)")

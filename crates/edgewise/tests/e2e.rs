@@ -34,6 +34,14 @@ fn models_home() -> PathBuf {
     home
 }
 
+/// `/metrics` of a server on the models home: an admin route, so with the token the node made there.
+fn metrics_of(port: u16) -> (u16, String) {
+    let token = std::fs::read_to_string(models_home().join("admin.token")).expect("admin.token");
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+    let (status, _, body) = support::http_with(port, "GET", "/metrics", "", &auth);
+    (status, body)
+}
+
 fn python() -> PathBuf {
     std::env::var_os("EDGEWISE_TEST_PYTHON")
         .map(PathBuf::from)
@@ -198,7 +206,7 @@ fn openai_client_works_against_serve() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("unknown role 'robot'"), "{body}");
 
-    let (status, _, metrics) = http(server.port, "GET", "/metrics", "");
+    let (status, metrics) = metrics_of(server.port);
     assert_eq!(status, 200);
     let value = |name: &str| -> f64 {
         metrics
@@ -502,7 +510,7 @@ fn api_key_is_required_when_configured() {
     let (status, _, _) = http(server.port, "GET", "/health", "");
     assert_eq!(status, 200, "health stays open for liveness probes");
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
@@ -517,7 +525,7 @@ fn client_disconnect_mid_stream_cancels_generation() {
     {
         let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut buf = [0u8; 2048];
         let n = s.read(&mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -531,7 +539,7 @@ fn client_disconnect_mid_stream_cancels_generation() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, _, metrics) = http(server.port, "GET", "/metrics", "");
+        let (_, metrics) = metrics_of(server.port);
         // 2000 tokens take ~40 s here, so reaching 0 within 10 s means the generation was cancelled.
         if active(&metrics).as_deref() == Some("0") {
             break;

@@ -63,7 +63,7 @@ fn an_edge_node_syncs_only_what_it_shares_queues_while_offline_and_settles_confl
     let edge_config = write_config(
         edge_home.path(),
         &format!(
-            "name: edge-1\nmqtt_listen: \"\"\nsync:\n  upstream: http://127.0.0.1:{hub_port}\n  interval_s: 0\n  conflict_policy: upstream-wins\n  kv_namespaces: [plant]\n  documents: [plant]\n  collections: [manuals]\n"
+            "name: edge-1\nmqtt_listen: \"\"\nsync:\n  upstream: http://127.0.0.1:{hub_port}\n  api_key_env: EDGEWISE_TEST_ADMIN_TOKEN\n  interval_s: 0\n  conflict_policy: upstream-wins\n  kv_namespaces: [plant]\n  documents: [plant]\n  collections: [manuals]\n"
         ),
     );
     let edge = Serve::start(edge_home.path(), &edge_config);

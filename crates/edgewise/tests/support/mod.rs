@@ -9,6 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The admin token of every data dir `home()` makes (an operator may provision the token file
+/// like this); `connect*` and `http*` send it unless the caller gives its own `Authorization`.
+pub const TEST_ADMIN_TOKEN: &str = "edgewise-test-admin-token-0123456789abcdef";
+
+/// Writes `token` as `home`'s admin token (mode 0600, as the node requires).
+pub fn write_admin_token(home: &Path, token: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(home.join("admin.token"))
+        .unwrap();
+    writeln!(f, "{token}").unwrap();
+}
+
 /// A fresh data dir whose models/ is the pulled models (`make models`), so state and audit log
 /// start empty for each test.
 pub fn home() -> tempfile::TempDir {
@@ -22,13 +39,17 @@ pub fn home() -> tempfile::TempDir {
     );
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(&models, dir.path().join("models")).unwrap();
+    write_admin_token(dir.path(), TEST_ADMIN_TOKEN);
     dir
 }
 
-/// The binary under test on data dir `home`, without the caller's config.
+/// The binary under test on data dir `home`, without the caller's config. Configs may name
+/// `EDGEWISE_TEST_ADMIN_TOKEN` (e.g. `sync.api_key_env`) to reach another test node.
 pub fn edgewise(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgewise"));
-    c.env("EDGEWISE_HOME", home).env_remove("EDGEWISE_CONFIG");
+    c.env("EDGEWISE_HOME", home)
+        .env_remove("EDGEWISE_CONFIG")
+        .env("EDGEWISE_TEST_ADMIN_TOKEN", TEST_ADMIN_TOKEN);
     c
 }
 
@@ -111,12 +132,26 @@ fn connect_bytes(
 ) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(180)))?;
-    let content_type = if headers.to_ascii_lowercase().contains("content-type:") {
+    let lower = headers.to_ascii_lowercase();
+    // A body that is not JSON is an agent spec's YAML in these tests.
+    let content_type = if lower.contains("content-type:") {
+        ""
+    } else if body.is_empty() || body.starts_with(b"{") || body.starts_with(b"[") {
+        "Content-Type: application/json\r\n"
+    } else {
+        "Content-Type: application/yaml\r\n"
+    };
+    let auth = if lower.contains("authorization:") {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {TEST_ADMIN_TOKEN}\r\n")
+    };
+    let host = if lower.contains("host:") {
         ""
     } else {
-        "Content-Type: application/json\r\n"
+        "Host: localhost\r\n"
     };
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(s, "{method} {path} HTTP/1.1\r\n{host}{headers}{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
     s.write_all(body)?;
     Ok(s)
 }
