@@ -34,6 +34,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TokenError + '_ {
 
 /// Reads the token at `path`; `Ok(None)` when there is no file yet.
 pub fn read(path: &Path) -> Result<Option<String>, TokenError> {
+    // A link could point the node at a file someone else controls.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(TokenError::Invalid {
+            path: path.into(),
+            message: "is a symbolic link; the token must be a plain file (`edgewise token rotate` writes one)".into(),
+        });
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -148,6 +155,18 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_token_behind_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("elsewhere");
+        rotate(&real).unwrap();
+        let path = dir.path().join("admin.token");
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

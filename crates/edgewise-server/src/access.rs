@@ -55,7 +55,10 @@ impl Access {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let name = host_name(host).to_ascii_lowercase();
+        let Some(name) = host_name(host) else {
+            return false;
+        };
+        let name = name.to_ascii_lowercase();
         name == "localhost"
             || name.parse::<IpAddr>().is_ok()
             || self.allowed_hosts.iter().any(|h| *h == name)
@@ -67,52 +70,71 @@ impl Access {
     }
 }
 
-/// `Host` without its port (IPv6 literals keep no brackets).
-fn host_name(host: &str) -> &str {
+/// `Host` without its port (IPv6 literals lose their brackets); `None` when it is not of the
+/// form `name[:port]` or `[v6][:port]`.
+fn host_name(host: &str) -> Option<&str> {
+    let port_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
+        let (v6, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok)).then_some(v6);
     }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(name, _)| name)
+    let name = match host.split_once(':') {
+        Some((name, port)) if port_ok(port) => name,
+        Some(_) => return None,
+        None => host,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
-/// The token file and the value last read from it.
+/// The token file and the token last read from it, with what identified that version of the
+/// file (modified and changed times, size): a rotate, a chmod or a removal all change it.
 struct AdminToken {
     path: PathBuf,
-    current: Mutex<(String, Option<SystemTime>)>,
+    current: Mutex<(Option<String>, Option<FileStamp>)>,
 }
+
+type FileStamp = (Option<SystemTime>, i64, i64, u64);
 
 impl AdminToken {
     fn load(path: PathBuf) -> Result<Self, admin_token::TokenError> {
         let token = admin_token::load_or_create(&path)?;
-        let modified = modified(&path);
+        let stamp = stamp(&path);
         Ok(Self {
             path,
-            current: Mutex::new((token, modified)),
+            current: Mutex::new((Some(token), stamp)),
         })
     }
 
-    /// Whether `presented` is the token in the file now. A file that became unreadable or
-    /// invalid keeps the last good token (logged): the operator is not locked out by a typo.
+    /// Whether `presented` is the token in the file now. A file that is gone, or that others
+    /// can read, accepts nothing until the operator rotates the token (fail closed).
     fn accepts(&self, presented: &str) -> bool {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let now = modified(&self.path);
+        let now = stamp(&self.path);
         if now != current.1 {
-            match admin_token::read(&self.path) {
-                Ok(Some(token)) => *current = (token, now),
+            let token = match admin_token::read(&self.path) {
+                Ok(Some(token)) => Some(token),
                 Ok(None) => {
-                    tracing::warn!(path = %self.path.display(), "admin token file is gone; the last token stays valid")
+                    tracing::warn!(path = %self.path.display(), "admin token file is gone; no admin request is accepted until `edgewise token rotate`");
+                    None
                 }
-                Err(e) => tracing::warn!("{e}; the last token stays valid"),
-            }
+                Err(e) => {
+                    tracing::warn!("{e}; no admin request is accepted until it is fixed");
+                    None
+                }
+            };
+            *current = (token, now);
         }
-        admin_token::matches(presented, &current.0)
+        current
+            .0
+            .as_deref()
+            .is_some_and(|t| admin_token::matches(presented, t))
     }
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.modified().ok(), m.ctime(), m.ctime_nsec(), m.len()))
 }
 
 fn bearer(req: &Request) -> Option<&str> {
@@ -134,12 +156,24 @@ fn forbidden(message: String) -> Response {
 /// Refuses requests a browser page could make without the operator's consent (see the module doc).
 pub async fn guard_browser(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let access = &state.access;
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => {
+            return ApiError::bad_request("the request has more than one Host header")
+                .into_response()
+        }
+        (Some(h), None) => Some(h.to_str().unwrap_or("(not text)").to_owned()),
+        (None, _) => req.uri().authority().map(|a| a.to_string()),
+    };
+    // An absolute-form target names the host it is for: it must be the Host that was checked.
+    if let (Some(h), Some(authority)) = (&host, req.uri().authority()) {
+        if !authority.as_str().eq_ignore_ascii_case(h) {
+            return ApiError::bad_request(format!(
+                "the request target names '{authority}' but Host is '{h}'"
+            ))
+            .into_response();
+        }
+    }
     match host {
         Some(h) if access.host_allowed(&h) => {}
         Some(h) => {

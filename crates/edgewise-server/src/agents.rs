@@ -82,6 +82,18 @@ struct Active {
     placed: bool,
 }
 
+/// A run's place in `AgentHub::active`, given back on drop.
+struct RunSlot {
+    hub: Arc<AgentHub>,
+    run: String,
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.hub.active().remove(&self.run);
+    }
+}
+
 #[derive(Deserialize)]
 struct StoredSpec {
     source: String,
@@ -254,6 +266,11 @@ impl AgentHub {
         let hub = self.clone();
         let id = run.clone();
         tokio::spawn(async move {
+            // Frees the run's slot however the task ends, a panic included.
+            let _slot = RunSlot {
+                hub: hub.clone(),
+                run: id.clone(),
+            };
             let ran = match &reg.run_on {
                 RunOn::Here(a) => a.run(&task, opts, Some(tx)).await.map(drop),
                 RunOn::Mesh { .. } => {
@@ -263,7 +280,6 @@ impl AgentHub {
             if let Err(e) = ran {
                 tracing::error!(agent = %agent, run = %id, "run stopped by a node failure: {e}");
             }
-            hub.active().remove(&id);
         });
         Ok((run, rx))
     }

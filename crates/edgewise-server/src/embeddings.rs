@@ -67,7 +67,9 @@ pub async fn embeddings(State(state): State<AppState>, raw: Bytes) -> Result<Res
     };
     // Embedding is CPU-bound and runs off the async runtime: without a bound, a burst of requests
     // would queue blocking threads without limit.
-    let Ok(_slot) = state.embedding_slots.try_acquire() else {
+    // The permit moves into the blocking task: a client that disconnects drops this handler,
+    // not the work, so the slot stays taken until the embedding is done.
+    let Ok(slot) = state.embedding_slots.clone().try_acquire_owned() else {
         return Err(ApiError {
             status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
             kind: "server_error",
@@ -79,9 +81,12 @@ pub async fn embeddings(State(state): State<AppState>, raw: Bytes) -> Result<Res
         });
     };
     let lazy = lazy.clone();
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || lazy.get()?.embed_counting(&texts))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        lazy.get()?.embed_counting(&texts)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()

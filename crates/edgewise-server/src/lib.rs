@@ -51,7 +51,7 @@ pub struct Inner {
     /// The admin token, allowed hosts and origins.
     pub(crate) access: Access,
     /// `/v1/embeddings` requests computed at once (`limits.concurrent_embeddings`).
-    pub(crate) embedding_slots: tokio::sync::Semaphore,
+    pub(crate) embedding_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) metrics: metrics::HttpMetrics,
 }
 
@@ -78,7 +78,9 @@ impl AppState {
                 embedder,
                 api_key: api_key.filter(|k| !k.is_empty()),
                 access,
-                embedding_slots: tokio::sync::Semaphore::new(limits.concurrent_embeddings.max(1)),
+                embedding_slots: Arc::new(tokio::sync::Semaphore::new(
+                    limits.concurrent_embeddings.max(1),
+                )),
                 metrics: metrics::HttpMetrics::default(),
             }),
             context_per_request,
@@ -138,7 +140,7 @@ impl AppState {
 }
 
 /// Inference routes follow `api_key`; every other route needs the admin token; all of them pass
-/// the browser guard first (`access`). `/health` is open.
+/// the browser guard first (`access`). `/health` needs no credential.
 pub fn router(state: AppState) -> Router {
     let inference = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -205,13 +207,13 @@ pub fn router(state: AppState) -> Router {
         ));
     let api = inference
         .merge(admin)
+        .route("/health", get(health))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::guard_browser,
         ));
     Router::new()
         .merge(api)
-        .route("/health", get(health))
         .fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,

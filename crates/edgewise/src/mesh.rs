@@ -25,6 +25,9 @@ pub enum MeshCommand {
         /// The node's API [default: http://<the config's listen>].
         #[arg(long)]
         url: Option<String>,
+        /// Admin token of the node at --url (this node's own token is sent only to this node).
+        #[arg(long, env = "EDGEWISE_NODE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -86,14 +89,20 @@ pub fn run(node: &Node, cmd: MeshCommand) -> Result<()> {
             );
             Ok(())
         }
-        MeshCommand::Status { url, json } => status(node, url, json),
+        MeshCommand::Status { url, token, json } => status(node, url, token, json),
     }
 }
 
-fn status(node: &Node, url: Option<String>, json: bool) -> Result<()> {
+fn status(node: &Node, url: Option<String>, token: Option<String>, json: bool) -> Result<()> {
+    // This node's token goes only to this node: another URL gets only a token given for it.
+    let token = match (&url, token) {
+        (_, Some(t)) => Some(t),
+        (None, None) => crate::token::for_requests(node)?,
+        (Some(_), None) => None,
+    };
     let base = url.unwrap_or_else(|| format!("http://{}", node.config.listen));
     let mut req = reqwest::blocking::Client::new().get(format!("{base}/v1/mesh"));
-    if let Some(token) = crate::token::for_requests(node)? {
+    if let Some(token) = token {
         req = req.bearer_auth(token);
     }
     let resp = req.send().with_context(|| {

@@ -155,6 +155,24 @@ fn a_rebinding_host_is_refused_and_configured_names_are_served() {
             assert_eq!(status, 421, "{host} {method} {path}: {answer}");
         }
     }
+    for host in ["[::1]evil.example", "evil.example:80:80", ":8080"] {
+        let header = format!("Host: {host}\r\n");
+        assert_eq!(
+            http_with(p, "GET", "/v1/agents", "", &header).0,
+            421,
+            "{host}"
+        );
+    }
+    // Even liveness says nothing to a rebinding page (it would name the models).
+    assert_eq!(
+        http_with(p, "GET", "/health", "", "Host: evil.example\r\n").0,
+        421
+    );
+    // Two Host headers, or a target naming another host than Host, are not guessed at.
+    let two = "Host: localhost\r\nHost: evil.example\r\n";
+    assert_eq!(http_with(p, "GET", "/v1/agents", "", two).0, 400);
+    let absolute = format!("http://evil.example:{p}/v1/agents");
+    assert_eq!(http(p, "GET", &absolute, "").0, 400);
     assert!(registered_agents(p).is_empty());
     for host in [
         format!("localhost:{p}"),
@@ -208,6 +226,24 @@ fn the_admin_token_is_made_private_on_first_start_and_rotates_without_a_restart(
     assert_ne!(first, second);
     assert_eq!(with(&first), 401, "the old token must stop working at once");
     assert_eq!(with(&second), 200);
+
+    // A token file others can read, or none at all, accepts nothing until the operator acts.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        with(&second),
+        401,
+        "a world-readable token must stop working"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(with(&second), 200);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(with(&second), 401, "a removed token must stop working");
+    let rotate = edgewise(home.path())
+        .args(["token", "rotate"])
+        .output()
+        .unwrap();
+    let third = String::from_utf8(rotate.stdout).unwrap().trim().to_owned();
+    assert_eq!(with(&third), 200);
 
     // A token file others can read is refused at start, with the fix in the message.
     drop(node);
@@ -343,4 +379,46 @@ fn absurd_request_sizes_are_refused_with_what_to_change() {
     let (status, _, answer) = http(node.port, "POST", "/v1/agents/probe/runs", &huge);
     assert_eq!(status, 413, "{answer}");
     assert_eq!(http(node.port, "GET", "/health", "").0, 200);
+}
+
+#[test]
+fn an_embedding_slot_stays_taken_when_its_client_disconnects() {
+    let home = home();
+    let config = write_config(
+        home.path(),
+        "mqtt_listen: \"\"\nlimits:\n  concurrent_embeddings: 1\n",
+    );
+    let node = Serve::start_embedding(home.path(), &config);
+    let p = node.port;
+    let long: Vec<String> = (0..64)
+        .map(|i| {
+            format!("reading {i}: ") + &"the pump pressure in zone four rose again ".repeat(12)
+        })
+        .collect();
+    let big = serde_json::json!({"model": "all-minilm-l6-v2", "input": long}).to_string();
+    // A client that starts a long embedding and hangs up: the work goes on, and so must its slot.
+    let conn = support::connect(p, "POST", "/v1/embeddings", &big).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(conn);
+    let small = r#"{"model": "all-minilm-l6-v2", "input": "zone four"}"#;
+    let (status, head, body) = http(p, "POST", "/v1/embeddings", small);
+    assert_eq!(
+        status, 503,
+        "a second embedding ran beside the first: {body}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    // Once the first is done, the slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, _, body) = http(p, "POST", "/v1/embeddings", small);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

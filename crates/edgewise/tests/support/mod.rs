@@ -83,10 +83,21 @@ impl Serve {
 
     /// On a given port: a node restarted where its peers expect it.
     pub fn start_on(home: &Path, config: &Path, port: u16) -> Serve {
+        Self::start_with(home, config, port, &["--no-embeddings"])
+    }
+
+    /// With `/v1/embeddings` served (the embedding model loads on first use).
+    pub fn start_embedding(home: &Path, config: &Path) -> Serve {
+        Self::start_with(home, config, free_port(), &[])
+    }
+
+    fn start_with(home: &Path, config: &Path, port: u16, extra: &[&str]) -> Serve {
         let child = edgewise(home)
             .arg("--config")
             .arg(config)
-            .args(["serve", "--no-embeddings", "--listen"])
+            .arg("serve")
+            .args(extra)
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
