@@ -11,13 +11,16 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::bench::BenchReport;
+use crate::prompt::ControlTokens;
 use crate::residency;
 use crate::scheduler::{Command, Scheduler};
 use crate::template::{ChatTemplate, CHATML};
-use crate::{Completion, Event, GenerateRequest, InferError};
+use crate::{Completion, Event, GenerateRequest, InferError, PromptToken};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -140,7 +143,7 @@ impl Engine {
                     message: e.to_string(),
                 })?
         };
-        let (info, template_src, bos, eos) = match ready_rx.recv() {
+        let (info, template_src, bos, eos, control) = match ready_rx.recv() {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -154,10 +157,12 @@ impl Engine {
                 });
             }
         };
-        let template = ChatTemplate::new(&template_src, &bos, &eos).or_else(|e| {
-            tracing::warn!(error = %e, "model's chat template does not parse; using ChatML");
-            ChatTemplate::new(CHATML, &bos, &eos)
-        })?;
+        let template = ChatTemplate::new(&template_src, &bos, &eos)
+            .or_else(|e| {
+                tracing::warn!(error = %e, "model's chat template does not parse; using ChatML");
+                ChatTemplate::new(CHATML, &bos, &eos)
+            })?
+            .with_control_tokens(control);
         let limit = cfg.slots as usize + cfg.queue_depth;
         let context_per_request = cfg.context_per_request;
         Ok(Self {
@@ -283,7 +288,16 @@ impl Engine {
         })?
     }
 
-    /// Number of tokens `text` becomes with this model's tokenizer.
+    /// The tokens a prompt becomes, exactly as generation tokenizes it (marked spans as text).
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<PromptToken>, InferError> {
+        self.call(|reply| Command::Tokenize {
+            text: prompt.to_owned(),
+            reply,
+        })
+    }
+
+    /// Number of tokens `text` becomes with this model's tokenizer, counted the way generation
+    /// tokenizes a prompt: pass a rendered prompt (or `prompt::plain_text`) to count what runs.
     pub fn count_tokens(&self, text: &str) -> Result<usize, InferError> {
         self.call(|reply| Command::CountTokens {
             text: text.to_owned(),
@@ -301,7 +315,7 @@ impl Drop for Engine {
     }
 }
 
-type Ready = Result<(ModelInfo, String, String, String), InferError>;
+type Ready = Result<(ModelInfo, String, String, String, ControlTokens), InferError>;
 
 fn engine_thread(
     cfg: EngineConfig,
@@ -367,6 +381,7 @@ fn engine_thread(
     } else {
         String::new()
     };
+    let control = control_tokens(&model);
     let template = model
         .meta_val_str("tokenizer.chat_template")
         .unwrap_or_else(|_| CHATML.to_owned());
@@ -380,7 +395,21 @@ fn engine_thread(
         n_params: model.n_params(),
         size_bytes: model.size(),
     };
-    let _ = ready.send(Ok((info, template, bos.clone(), eos)));
+    let _ = ready.send(Ok((info, template, bos.clone(), eos, control)));
     drop(ready);
     Scheduler::new(&model, ctx, cfg, bos, stats, in_flight).run(commands);
+}
+
+/// The vocabulary's tokens llama.cpp matches only when parsing special tokens (control and
+/// unknown), by their raw text as its tokenizer matches them.
+fn control_tokens(model: &LlamaModel) -> ControlTokens {
+    let vocab = model.vocab();
+    let special = LlamaTokenAttr::Control | LlamaTokenAttr::Unknown;
+    ControlTokens::new((0..vocab.n_tokens()).filter_map(|id| {
+        let t = LlamaToken(id);
+        if !vocab.attr(t).intersects(special) {
+            return None;
+        }
+        Some(vocab.text(t)?.to_string_lossy().into_owned())
+    }))
 }

@@ -3,6 +3,8 @@
 //!
 //! Invariants:
 //! - Only the engine thread touches the llama.cpp context; everyone else talks to it through channels.
+//! - Content is never control: only the chat template's own text becomes control tokens; every
+//!   string from messages, tools and raw completion prompts is tokenized as text (`prompt`).
 //! - Every submitted request ends with exactly one `Event::Done` or `Event::Error`, unless the caller
 //!   dropped its receiver (which cancels it).
 
@@ -11,6 +13,7 @@ mod embed;
 mod engine;
 mod error;
 pub mod grammar;
+pub mod prompt;
 mod request;
 mod residency;
 mod scheduler;
@@ -22,5 +25,8 @@ pub use embed::{Embedder, LazyEmbedder};
 pub use engine::{Engine, EngineConfig, EngineStats, ModelInfo, StatsSnapshot};
 pub use error::InferError;
 pub use grammar::{parse_tool_calls, tool_call_grammar, ToolCall, ToolChoice, ToolSpec};
-pub use request::{Completion, Constraint, Event, FinishReason, GenerateRequest, Usage};
+pub use prompt::ControlTokens;
+pub use request::{
+    Completion, Constraint, Event, FinishReason, GenerateRequest, PromptToken, Usage,
+};
 pub use template::ChatTemplate;

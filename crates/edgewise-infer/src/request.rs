@@ -13,7 +13,9 @@ pub enum Constraint {
 
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    /// Fully rendered prompt (chat template already applied).
+    /// Fully rendered prompt (chat template already applied). Special-token strings in it become
+    /// control tokens except inside marked plain-text spans: build it with `ChatTemplate::render`,
+    /// or pass raw text through `prompt::plain_text` unless it is trusted template text.
     pub prompt: String,
     pub max_tokens: u32,
     pub sampling: SamplingParams,
@@ -66,6 +68,16 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+}
+
+/// One token of a tokenized prompt, for inspecting what the model reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PromptToken {
+    pub id: i32,
+    /// The token's text (control tokens spelled out).
+    pub piece: String,
+    /// A control token (`<|im_start|>`): structure, not text.
+    pub control: bool,
 }
 
 #[derive(Debug)]

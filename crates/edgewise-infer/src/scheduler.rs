@@ -23,7 +23,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::bench::{run_bench, BenchReport};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::text_stream::TextStream;
-use crate::{grammar, Completion, Event, FinishReason, GenerateRequest, InferError, Usage};
+use crate::{
+    grammar, prompt, Completion, Event, FinishReason, GenerateRequest, InferError, PromptToken,
+    Usage,
+};
 
 pub(crate) enum Command {
     Generate {
@@ -52,6 +55,10 @@ pub(crate) enum Command {
     CountTokens {
         text: String,
         reply: mpsc::Sender<usize>,
+    },
+    Tokenize {
+        text: String,
+        reply: mpsc::Sender<Vec<PromptToken>>,
     },
     Shutdown,
 }
@@ -179,10 +186,34 @@ impl<'m> Scheduler<'m> {
         );
     }
 
+    /// Template text parses special tokens; marked spans (content) never do (see `prompt`).
+    /// Every path that needs a prompt's tokens (generation, counting, sessions) comes here.
     fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        let pieces = prompt::pieces(text);
         // The template usually writes the BOS text itself; parse_special turns it into the token.
-        let add_bos = self.bos_text.is_empty() || !text.starts_with(&self.bos_text);
-        self.model.vocab().tokenize(text.as_bytes(), add_bos, true)
+        let add_bos = self.bos_text.is_empty()
+            || !pieces
+                .first()
+                .is_some_and(|(p, special)| *special && p.starts_with(&self.bos_text));
+        match pieces[..] {
+            [] => vocab.tokenize(b"", add_bos, true),
+            [(piece, special)] => vocab.tokenize(piece.as_bytes(), add_bos, special),
+            _ => {
+                // BOS and EOS once around the whole prompt, where one call would add them.
+                let mut out = Vec::with_capacity(text.len() / 3 + 2);
+                if add_bos && vocab.should_add_bos() {
+                    out.push(vocab.bos());
+                }
+                for (piece, special) in pieces {
+                    out.extend(vocab.tokenize(piece.as_bytes(), false, special));
+                }
+                if add_bos && vocab.should_add_eos() {
+                    out.push(vocab.eos());
+                }
+                out
+            }
+        }
     }
 
     fn release(&self) {
@@ -267,6 +298,20 @@ impl<'m> Scheduler<'m> {
             }
             Command::CountTokens { text, reply } => {
                 let _ = reply.send(self.tokenize(&text).len());
+            }
+            Command::Tokenize { text, reply } => {
+                let vocab = self.model.vocab();
+                let tokens = self
+                    .tokenize(&text)
+                    .into_iter()
+                    .map(|t| PromptToken {
+                        id: t.0,
+                        piece: String::from_utf8_lossy(&vocab.token_to_piece(t, true, None))
+                            .into_owned(),
+                        control: vocab.is_control(t),
+                    })
+                    .collect();
+                let _ = reply.send(tokens);
             }
             Command::Shutdown => {}
         }

@@ -63,6 +63,9 @@ struct CompletionBody {
     common: Common,
     prompt: Value,
     response_format: Option<Value>,
+    /// Opt-in: special-token strings in the prompt become control tokens (see `completions`).
+    /// Checked by hand so a wrong type names the field.
+    parse_special: Option<Value>,
 }
 
 /// Longest stop sequence accepted.
@@ -520,6 +523,11 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// `/v1/completions`: the prompt is tokenized as plain text by default, so a special-token string
+/// in it (`<|im_end|>`) is text, never a turn marker: content is never control. A caller that
+/// writes its own template sets `"parse_special": true` (an Edgewise extension) to have those
+/// strings become control tokens, as llama.cpp's `parse_special` does; U+E000 and U+E001 are
+/// removed from such a prompt (Edgewise uses them to mark text spans).
 pub async fn completions(State(state): State<AppState>, raw: Bytes) -> Result<Response, ApiError> {
     let body: CompletionBody = parse_body(&raw)?;
     if body.common.model != state.engine.info().name {
@@ -540,6 +548,21 @@ pub async fn completions(State(state): State<AppState>, raw: Bytes) -> Result<Re
             )
             .param("prompt"))
         }
+    };
+    let parse_special = match &body.parse_special {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "parse_special must be true or false, got {other}"
+            ))
+            .param("parse_special"))
+        }
+    };
+    let prompt = if parse_special {
+        edgewise_infer::prompt::strip_marks(&prompt)
+    } else {
+        edgewise_infer::prompt::plain_text(&prompt)
     };
     let mut req = body.common.to_request(&state, prompt)?;
     req.constraint = response_format_constraint(body.response_format.as_ref())?;

@@ -265,8 +265,10 @@ impl HostServices for NodeServices {
             .map_err(|e| e.to_string())?;
         self.complete(prompt, options)
     }
+    /// A component's raw prompt is text: it cannot open or close turns (content is never
+    /// control); a component that wants turns asks for `chat`.
     fn generate(&self, prompt: &str, options: &InferenceOptions) -> Result<String, String> {
-        self.complete(prompt.to_owned(), options)
+        self.complete(edgewise_infer::prompt::plain_text(prompt), options)
     }
     fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
         let embedder = self.embedder.as_ref().ok_or(
