@@ -752,6 +752,7 @@ impl Agent {
         let offloadable = matches!(
             local_failure,
             InferError::ContextOverflow { .. }
+                | InferError::PromptTooLong { .. }
                 | InferError::QueueFull { .. }
                 | InferError::Decode(_)
                 | InferError::EngineStopped

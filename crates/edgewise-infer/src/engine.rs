@@ -68,6 +68,8 @@ pub struct ModelInfo {
     pub n_vocab: i32,
     pub n_params: u64,
     pub size_bytes: u64,
+    /// Bytes of the vocabulary's longest token text (an upper bound on what one token covers).
+    pub longest_token_bytes: usize,
 }
 
 /// Counters the server exports as Prometheus metrics.
@@ -207,6 +209,7 @@ impl Engine {
     /// Queues a request. Fails at once with `QueueFull` when slots and queue are taken (backpressure).
     /// Dropping the receiver cancels the request.
     pub fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, InferError> {
+        self.check_prompt_length(&req)?;
         let prev = self.in_flight.fetch_add(1, Ordering::SeqCst);
         if prev >= self.limit {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -224,6 +227,25 @@ impl Engine {
                 InferError::EngineStopped
             })?;
         Ok(rx)
+    }
+
+    /// Refuses, without tokenizing, a prompt too long to fit even if every token were the
+    /// vocabulary's longest: tokenizing runs on the engine thread, so a huge prompt would stall
+    /// every sequence for as long as it takes.
+    fn check_prompt_length(&self, req: &GenerateRequest) -> Result<(), InferError> {
+        let limit = req.context_limit.map_or(self.context_per_request, |r| {
+            r.min(self.context_per_request)
+        }) as usize;
+        let marks = req
+            .prompt
+            .chars()
+            .filter(|&c| matches!(c, crate::prompt::TEXT_OPEN | crate::prompt::TEXT_CLOSE))
+            .count();
+        let bytes = req.prompt.len().saturating_sub(marks.saturating_mul(3));
+        if bytes > limit.saturating_mul(self.info.longest_token_bytes) {
+            return Err(InferError::PromptTooLong { bytes, limit });
+        }
+        Ok(())
     }
 
     /// Runs a request to completion on the calling (non-async) thread, passing each delta to `on_delta`.
@@ -394,10 +416,23 @@ fn engine_thread(
         n_vocab: model.n_vocab(),
         n_params: model.n_params(),
         size_bytes: model.size(),
+        longest_token_bytes: longest_token_bytes(&model),
     };
     let _ = ready.send(Ok((info, template, bos.clone(), eos, control)));
     drop(ready);
     Scheduler::new(&model, ctx, cfg, bos, stats, in_flight).run(commands);
+}
+
+/// The longest token text in bytes. A token's text is at least as long as the bytes it stands
+/// for (byte-level BPE writes each byte as one or two; SentencePiece writes a space as three), so
+/// no prompt of N bytes becomes fewer than N / this many tokens.
+fn longest_token_bytes(model: &LlamaModel) -> usize {
+    let vocab = model.vocab();
+    (0..vocab.n_tokens())
+        .filter_map(|id| vocab.text(LlamaToken(id)).map(|t| t.to_bytes().len()))
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The vocabulary's tokens llama.cpp matches only when parsing special tokens (control and

@@ -6,6 +6,10 @@ pub enum InferError {
     Load { path: PathBuf, message: String },
     #[error("prompt is {prompt_tokens} tokens but this node allows {limit} per request (prompt + completion); shorten the prompt or raise context_per_request")]
     ContextOverflow { prompt_tokens: usize, limit: usize },
+    /// Refused before tokenizing: even at the vocabulary's longest token per token, the prompt
+    /// could not fit.
+    #[error("prompt is {bytes} bytes, more than {limit} tokens can hold (this node allows {limit} per request, prompt + completion); shorten the prompt or raise context_per_request")]
+    PromptTooLong { bytes: usize, limit: usize },
     #[error("server busy: {limit} requests already queued; retry later")]
     QueueFull { limit: usize },
     #[error("empty prompt")]

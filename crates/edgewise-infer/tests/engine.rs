@@ -299,6 +299,26 @@ fn a_request_context_limit_tighter_than_the_node_is_enforced() {
 }
 
 #[test]
+fn a_prompt_no_tokenization_could_fit_is_refused_before_tokenizing() {
+    let e = engine();
+    let longest = e.info().longest_token_bytes;
+    assert!(
+        (8..4096).contains(&longest),
+        "longest token {longest} bytes"
+    );
+    let bytes = e.context_per_request() as usize * longest + 1;
+    match e.submit(greedy("x".repeat(bytes), 4)) {
+        Err(InferError::PromptTooLong { bytes: b, limit }) => {
+            assert_eq!((b, limit), (bytes, e.context_per_request() as usize))
+        }
+        other => panic!(
+            "expected PromptTooLong, got {:?}",
+            other.map(|_| "a receiver")
+        ),
+    }
+}
+
+#[test]
 fn prompt_over_the_context_limit_is_an_error_event() {
     let e = engine();
     let long = "pressure reading ".repeat(3000);

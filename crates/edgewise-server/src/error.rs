@@ -81,7 +81,7 @@ impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         let message = e.to_string();
         match e {
-            InferError::ContextOverflow { .. } => Self {
+            InferError::ContextOverflow { .. } | InferError::PromptTooLong { .. } => Self {
                 code: Some("context_length_exceeded"),
                 ..Self::bad_request(message).param("messages")
             },
