@@ -3,6 +3,7 @@
 //! Invariant: this crate does no network I/O and starts no threads; its only I/O is reading the
 //! config and agent spec files it is pointed at.
 
+pub mod agent_policy;
 pub mod agent_spec;
 pub mod breaker;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod paths;
 pub mod sampling;
 pub mod signing;
 
+pub use agent_policy::{AgentPolicy, PolicyScope, Violation};
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{
