@@ -33,8 +33,9 @@ for _ in $(seq 1 50); do [ -S /tmp/sensors.sock ] && (echo > /dev/tcp/127.0.0.1/
 mosquitto_sub -p "$MQTT_PORT" -t alerts -q 1 -v > "$WORK/alerts.txt" &
 PIDS+=($!)
 sleep 0.5
-# The spec names its broker `local-broker`; this node maps that name to the demo's broker.
-printf 'mqtt_brokers:\n  local-broker: 127.0.0.1:%s\n' "$MQTT_PORT" > "$WORK/config.yaml"
+# The spec names its broker `local-broker`; this node maps that name to the demo's broker, and
+# its agent policy lets specs use the simulator's socket (by default no spec reaches any socket).
+printf 'mqtt_brokers:\n  local-broker: 127.0.0.1:%s\nagent_policy:\n  unix_sockets: [/tmp/sensors.sock]\n' "$MQTT_PORT" > "$WORK/config.yaml"
 "$BIN" --config "$WORK/config.yaml" agent run --seed 9 "$HERE/factory-monitor/agent-config.yaml" \
   "Check the zone pressures with local_sensor_read. For each zone whose status is OVER LIMIT, publish an alert with alert_system that names the zone and its pressure. Then answer with a one-line summary."
 sleep 1

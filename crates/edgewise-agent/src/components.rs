@@ -26,8 +26,8 @@ pub struct ComponentSource {
     pub grants: Option<Grants>,
     /// Linear memory when the grants name none (the agent's `runtime.memory_limit`).
     pub default_memory: Option<u64>,
-    /// Whether network grants may reach addresses outside the trust domain.
-    pub egress_allowed: bool,
+    /// Which addresses network grants may reach (the agent's egress under the node's policy).
+    pub egress: crate::egress::EgressPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,7 +45,7 @@ impl ComponentSource {
             target: Target::Installed(name.to_owned()),
             grants: None,
             default_memory: None,
-            egress_allowed: false,
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }
@@ -189,13 +189,13 @@ impl ComponentRegistry {
                 f.path = base.join(&f.path);
             }
         }
-        let egress_allowed = source.egress_allowed;
+        let egress = &source.egress;
         self.sandbox()?.load(
             &name,
             &wasm,
             grants,
             source.default_memory,
-            &|ip: IpAddr| egress_allowed || crate::egress::is_local(ip),
+            &|ip: IpAddr| egress.allows_ip(ip),
         )
     }
 

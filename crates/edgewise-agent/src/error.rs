@@ -6,6 +6,9 @@ pub enum AgentError {
         endpoint: String,
         message: String,
     },
+    /// The spec asks for more than the node's `agent_policy` allows; nothing of it was started.
+    #[error(transparent)]
+    Policy(#[from] edgewise_core::SpecError),
     #[error(transparent)]
     Store(#[from] edgewise_store::StoreError),
     #[error(transparent)]

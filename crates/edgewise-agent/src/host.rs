@@ -94,6 +94,7 @@ impl AgentHost {
         spec: &AgentSpec,
         spec_dir: &Path,
     ) -> Result<(ToolRegistry, ToolContext), AgentError> {
+        self.check_policy(spec, spec_dir)?;
         let ctx = self.tool_context(
             &spec.agent_id,
             spec.workflow_policy.egress_allowed,
@@ -108,6 +109,31 @@ impl AgentHost {
             agent: spec.agent_id.clone(),
         });
         Ok((tools, ctx))
+    }
+
+    /// Refuses a spec that asks for more than the node's `agent_policy` allows, naming the key
+    /// that asks and the policy key to change. Every way a spec reaches this node (the agents API,
+    /// `agent run`, a run a neighbour placed here) builds its tools through `tools`, so through
+    /// here, before any command starts or any socket is touched.
+    pub fn check_policy(&self, spec: &AgentSpec, spec_dir: &Path) -> Result<(), AgentError> {
+        // `agent run spec.yaml` has an empty parent: the current directory.
+        let absolute = |p: &Path| {
+            let p = if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            };
+            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+        };
+        let (home, spec_dir) = (absolute(self.data.root()), absolute(spec_dir));
+        let scope = edgewise_core::PolicyScope {
+            home: &home,
+            spec_dir: &spec_dir,
+        };
+        self.config
+            .agent_policy
+            .check(spec, &scope)
+            .map_err(|v| AgentError::Policy(spec.refusal(v)))
     }
 
     /// An agent on the local `engine`, with the cloud fallback if its policy allows egress.
@@ -184,7 +210,9 @@ impl AgentHost {
     }
 
     fn cloud_access(&self, spec: &AgentSpec) -> CloudAccess {
-        if !spec.workflow_policy.egress_allowed {
+        // `check_policy` refuses such a spec already; the cloud is the one path that would
+        // carry data out if it ever let one through.
+        if !spec.workflow_policy.egress_allowed || !self.config.agent_policy.allow_egress {
             return CloudAccess::Forbidden;
         }
         match &self.cloud {

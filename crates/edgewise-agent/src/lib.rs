@@ -7,6 +7,10 @@
 //! - A step is appended to the audit log before it is reported to anyone.
 //! - `egress_allowed: false` is checked against resolved addresses, not names, and such an agent
 //!   never gets the cloud fallback, whatever its URL.
+//! - A spec is checked against the node's `agent_policy` in `AgentHost::tools`, which every way a
+//!   spec arrives goes through, before any of its tools is built or any command starts.
+//! - This host and the link (loopback, link-local, multicast, ...) are reachable by agent tools
+//!   only where the node's policy lists them, whatever the spec's egress.
 
 pub mod cloud;
 pub mod components;

@@ -63,7 +63,10 @@ pub fn triggers(spec: &AgentSpec, config: &NodeConfig) -> Vec<Trigger> {
 impl Trigger {
     /// Checks the broker against the egress policy (once, at registration: the connection is
     /// then pinned to the checked address).
-    pub async fn resolve(&self, egress_allowed: bool) -> Result<SocketAddr, ToolError> {
+    pub async fn resolve(
+        &self,
+        egress: &crate::egress::EgressPolicy,
+    ) -> Result<SocketAddr, ToolError> {
         let (host, port) = match self.broker.rsplit_once(':') {
             Some((h, p)) => (
                 h,
@@ -76,7 +79,7 @@ impl Trigger {
             ),
             None => (self.broker.as_str(), 1883),
         };
-        Ok(resolve_destination(host, port, egress_allowed).await?[0])
+        Ok(resolve_destination(host, port, &egress.mqtt()).await?[0])
     }
 
     /// Subscribes (QoS 1) and forwards each message to `out` until `cancel`. Reconnects after

@@ -26,6 +26,14 @@ pub enum SpecError {
         column: usize,
         message: String,
     },
+    /// A valid spec that asks for more than this node's `agent_policy` allows.
+    #[error("agent spec {path}:{line}:{column}: {message}")]
+    Refused {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +62,16 @@ pub struct AgentSpec {
     pub task_types: BTreeMap<String, String>,
     #[serde(default)]
     pub cache: ResultCache,
+    /// The text the spec was parsed from and its label, so checks after parsing (the node's
+    /// agent policy) can name a line and column too.
+    #[serde(skip)]
+    origin: Option<std::sync::Arc<Origin>>,
+}
+
+#[derive(Debug)]
+struct Origin {
+    text: String,
+    path: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -193,7 +211,10 @@ impl TryFrom<String> for Endpoint {
             return Ok(Self::Builtin(name.into()));
         }
         if let Some(cmdline) = s.strip_prefix("mcp+stdio:") {
-            let mut words = cmdline.split_whitespace().map(str::to_owned);
+            // Shell quoting rules, so an argument may contain spaces; no shell ever runs it.
+            let words = shell_words::split(cmdline)
+                .map_err(|e| bad(&format!("the command line does not parse: {e}")))?;
+            let mut words = words.into_iter();
             let command = words
                 .next()
                 .ok_or_else(|| bad("expected mcp+stdio:COMMAND ARGS"))?;
@@ -241,11 +262,10 @@ impl fmt::Display for Endpoint {
             Self::Wasm(p) => write!(f, "wasm:{}", p.display()),
             Self::Builtin(n) => write!(f, "builtin:{n}"),
             Self::McpStdio { command, args } => {
-                write!(f, "mcp+stdio:{command}")?;
-                for a in args {
-                    write!(f, " {a}")?;
-                }
-                Ok(())
+                let argv: Vec<&str> = std::iter::once(command.as_str())
+                    .chain(args.iter().map(String::as_str))
+                    .collect();
+                write!(f, "mcp+stdio:{}", shell_words::join(argv))
             }
             Self::Http(u) => f.write_str(u),
         }
@@ -418,11 +438,34 @@ impl AgentSpec {
                 format!("unknown key `{key}` (extensions must start with `x-`)"),
             ));
         }
+        let mut spec = spec;
         spec.validate().map_err(|(segments, message)| {
             let (line, column) = locate_key(text, &segments).unwrap_or((1, 1));
             invalid(line, column, message)
         })?;
+        spec.origin = Some(std::sync::Arc::new(Origin {
+            text: text.to_owned(),
+            path: path.to_path_buf(),
+        }));
         Ok(spec)
+    }
+
+    /// The node's refusal of what this spec asks for, at the key that asks for it (1:1 for a spec
+    /// not parsed from text).
+    pub fn refusal(&self, v: crate::agent_policy::Violation) -> SpecError {
+        let (path, (line, column)) = match &self.origin {
+            Some(o) => (
+                o.path.clone(),
+                locate_key(&o.text, &v.key).unwrap_or((1, 1)),
+            ),
+            None => (PathBuf::from(&self.agent_id), (1, 1)),
+        };
+        SpecError::Refused {
+            path,
+            line,
+            column,
+            message: v.message,
+        }
     }
 
     /// Checks that need the whole spec; returns the path of the offending key.
@@ -488,18 +531,6 @@ impl AgentSpec {
                 ));
             }
         }
-        if self.model_config.context_window == Some(0) {
-            return Err((
-                key(&["model_config", "context_window"]),
-                "context_window must be greater than 0".into(),
-            ));
-        }
-        if self.limits.max_steps == 0 {
-            return Err((
-                key(&["limits", "max_steps"]),
-                "max_steps must be at least 1".into(),
-            ));
-        }
         for name in self.limits.tool_budgets.keys() {
             if !self.capabilities.iter().any(|c| &c.name == name) {
                 return Err((
@@ -508,8 +539,133 @@ impl AgentSpec {
                 ));
             }
         }
+        self.check_bounds()
+    }
+
+    /// Every number a spec sets stays within `bounds`: a typo like `passages: 10000000000` is a
+    /// clear error here, not an allocation that aborts the node.
+    fn check_bounds(&self) -> Result<(), (Vec<String>, String)> {
+        use bounds::*;
+        let key = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let within = |parts: &[&str], value: u64, (lo, hi): (u64, u64)| {
+            if (lo..=hi).contains(&value) {
+                return Ok(());
+            }
+            Err((
+                key(parts),
+                format!(
+                    "{} is {value}; it must be from {lo} to {hi}",
+                    parts.last().copied().unwrap_or_default()
+                ),
+            ))
+        };
+        let within_time = |parts: &[&str], value: Duration, (lo, hi): (Duration, Duration)| {
+            if (lo..=hi).contains(&value) {
+                return Ok(());
+            }
+            Err((
+                key(parts),
+                format!(
+                    "{} is {}; it must be from {} to {}",
+                    parts.last().copied().unwrap_or_default(),
+                    humantime::format_duration(value),
+                    humantime::format_duration(lo),
+                    humantime::format_duration(hi)
+                ),
+            ))
+        };
+        let m = &self.model_config;
+        if let Some(w) = m.context_window {
+            within(
+                &["model_config", "context_window"],
+                w.into(),
+                CONTEXT_WINDOW,
+            )?;
+        }
+        if let Some(t) = m.max_tokens {
+            within(&["model_config", "max_tokens"], t.into(), MAX_TOKENS)?;
+        }
+        let l = &self.limits;
+        within(&["limits", "max_steps"], l.max_steps.into(), MAX_STEPS)?;
+        within(
+            &["limits", "max_tool_calls"],
+            l.max_tool_calls.into(),
+            TOOL_CALLS,
+        )?;
+        within(
+            &["limits", "min_tool_calls"],
+            l.min_tool_calls.into(),
+            (0, l.max_tool_calls.into()),
+        )?;
+        for (name, n) in &l.tool_budgets {
+            within(
+                &["limits", "tool_budgets", name.as_str()],
+                (*n).into(),
+                TOOL_CALLS,
+            )?;
+        }
+        within_time(&["limits", "timeout"], l.timeout, RUN_TIMEOUT)?;
+        within(
+            &["workflow_policy", "max_retries"],
+            self.workflow_policy.max_retries.into(),
+            MAX_RETRIES,
+        )?;
+        within(
+            &["memory", "history_window"],
+            self.memory.history_window.into(),
+            HISTORY_WINDOW,
+        )?;
+        if let Some(k) = &self.memory.knowledge {
+            within(
+                &["memory", "knowledge", "passages"],
+                k.passages as u64,
+                PASSAGES,
+            )?;
+        }
+        if let Some(ttl) = self.cache.ttl {
+            within_time(&["cache", "ttl"], ttl, CACHE_TTL)?;
+        }
+        for (i, cap) in self.capabilities.iter().enumerate() {
+            if let Some(t) = cap.timeout {
+                within_time(
+                    &["capabilities", i.to_string().as_str(), "timeout"],
+                    t,
+                    CALL_TIMEOUT,
+                )?;
+            }
+        }
+        if let Some(m) = self.runtime.memory_limit {
+            within(&["runtime", "memory_limit"], m.as_u64(), MEMORY_LIMIT)?;
+        }
         Ok(())
     }
+}
+
+/// The inclusive range each number of a spec must fall in (docs/agent-spec.md lists them): wide
+/// enough for any agent an edge node runs, narrow enough that no value exhausts the node.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// Tokens of one step's prompt + answer (the largest context of the models we run).
+    pub const CONTEXT_WINDOW: (u64, u64) = (1, 131_072);
+    /// Tokens one step may generate.
+    pub const MAX_TOKENS: (u64, u64) = (1, 32_768);
+    pub const MAX_STEPS: (u64, u64) = (1, 1_000);
+    /// `max_tool_calls` and each of `tool_budgets`.
+    pub const TOOL_CALLS: (u64, u64) = (0, 10_000);
+    pub const MAX_RETRIES: (u64, u64) = (0, 100);
+    /// Earlier runs carried into a new one.
+    pub const HISTORY_WINDOW: (u64, u64) = (0, 1_000);
+    /// Passages retrieved before the first step.
+    pub const PASSAGES: (u64, u64) = (1, 100);
+    pub const RUN_TIMEOUT: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+    /// One tool call.
+    pub const CALL_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(3600));
+    pub const CACHE_TTL: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(30 * 86_400));
+    /// Linear memory of the agent's Wasm components, in bytes (16 GiB).
+    pub const MEMORY_LIMIT: (u64, u64) = (64 * 1024, 16 << 30);
 }
 
 /// serde reports a bad endpoint at its capability; point at the `endpoint` key instead. The message
@@ -782,6 +938,72 @@ workflow_policy:
     }
 
     #[test]
+    fn numbers_beyond_their_bounds_are_errors_at_their_key() {
+        for (extra, at, what) in [
+            (
+                "memory:\n  knowledge:\n    collection: c\n    passages: 10000000000\n",
+                "a.yaml:24:5:",
+                "passages is 10000000000; it must be from 1 to 100",
+            ),
+            (
+                "memory:\n  history_window: 5000\n",
+                "a.yaml:22:3:",
+                "history_window is 5000",
+            ),
+            (
+                "limits:\n  max_steps: 0\n",
+                "a.yaml:22:3:",
+                "max_steps is 0; it must be from 1",
+            ),
+            (
+                "limits:\n  timeout: 100years\n",
+                "a.yaml:22:3:",
+                "timeout is 100years",
+            ),
+            (
+                "limits:\n  max_tool_calls: 2\n  min_tool_calls: 3\n",
+                "a.yaml:23:3:",
+                "min_tool_calls is 3; it must be from 0 to 2",
+            ),
+            ("cache:\n  ttl: 1year\n", "a.yaml:22:3:", "ttl is"),
+        ] {
+            let err = parse(&format!("{SEED_SPEC}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(at) && err.contains(what), "{extra}: {err}");
+        }
+        for (from, to, at, what) in [
+            (
+                "context_window: 4096",
+                "context_window: 4000000",
+                "a.yaml:15:3:",
+                "context_window is 4000000",
+            ),
+            (
+                "max_retries: 3",
+                "max_retries: 1000000",
+                "a.yaml:19:3:",
+                "max_retries is 1000000",
+            ),
+            (
+                "memory_limit: \"2GB\"",
+                "memory_limit: \"1PB\"",
+                "a.yaml:7:3:",
+                "memory_limit is",
+            ),
+        ] {
+            let err = parse(&SEED_SPEC.replace(from, to)).unwrap_err().to_string();
+            assert!(err.starts_with(at) && err.contains(what), "{to}: {err}");
+        }
+        let slow_tool = SEED_SPEC.replace(
+            "    endpoint: \"unix:///tmp/sensors.sock\"",
+            "    endpoint: \"unix:///tmp/sensors.sock\"\n    timeout: 2days",
+        );
+        let err = parse(&slow_tool).unwrap_err().to_string();
+        assert!(err.starts_with("a.yaml:11:5: timeout is 2days"), "{err}");
+    }
+
+    #[test]
     fn endpoints_round_trip() {
         for s in [
             "unix:///run/x.sock",
@@ -789,6 +1011,7 @@ workflow_policy:
             "wasm:components/calc.wasm",
             "builtin:read_file",
             "mcp+stdio:python3 server.py --flag",
+            "mcp+stdio:python3 'plant server.py'",
             "https://example.com/api",
         ] {
             let e = Endpoint::try_from(s.to_owned()).unwrap();

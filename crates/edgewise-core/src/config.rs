@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub sync: Option<SyncConfig>,
     /// Joining a mesh of nodes over Zenoh (mTLS on every link); absent means this node is alone.
     pub mesh: Option<MeshConfig>,
+    /// The most an agent spec may ask for on this node (commands, files, sockets, topics, egress).
+    pub agent_policy: crate::AgentPolicy,
 }
 
 /// `limits:` in config.yaml: how much work clients and neighbours can start at once. Requests
@@ -295,6 +297,7 @@ impl Default for NodeConfig {
             audit_content: AuditContent::Raw,
             sync: None,
             mesh: None,
+            agent_policy: crate::AgentPolicy::default(),
         }
     }
 }
@@ -379,6 +382,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("config c.yaml:2:1:"), "{msg}");
         assert!(msg.contains("threds"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_agent_policy_entry_is_reported_with_its_position() {
+        let text = "agent_policy:\n  local_destinations: [\"localhost:80\"]\n";
+        let msg = NodeConfig::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("config c.yaml:2:"), "{msg}");
+        assert!(msg.contains("names are not allowed"), "{msg}");
+        let text = "agent_policy:\n  mcp_commands: [\"python3 'x\"]\n";
+        let msg = NodeConfig::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("does not parse"), "{msg}");
     }
 
     #[test]

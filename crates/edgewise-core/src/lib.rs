@@ -4,6 +4,7 @@
 //! config and agent spec files it is pointed at.
 
 pub mod admin_token;
+pub mod agent_policy;
 pub mod agent_spec;
 pub mod breaker;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod paths;
 pub mod sampling;
 pub mod signing;
 
+pub use agent_policy::{AgentPolicy, PolicyScope, Violation};
 pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{

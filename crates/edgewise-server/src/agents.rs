@@ -158,15 +158,13 @@ impl AgentHub {
         let spec = &reg.spec;
         let mut resolved = Vec::new();
         for t in triggers(spec, &self.host.config) {
-            let addr = t
-                .resolve(spec.workflow_policy.egress_allowed)
-                .await
-                .map_err(|e| {
-                    ApiError::unprocessable(format!(
-                        "trigger '{}' ({}): {e}",
-                        t.capability, t.broker
-                    ))
-                })?;
+            let egress = edgewise_agent::egress::EgressPolicy::new(
+                &self.host.config,
+                spec.workflow_policy.egress_allowed,
+            );
+            let addr = t.resolve(&egress).await.map_err(|e| {
+                ApiError::unprocessable(format!("trigger '{}' ({}): {e}", t.capability, t.broker))
+            })?;
             resolved.push((t, addr));
         }
         if resolved.is_empty() {
@@ -358,6 +356,10 @@ impl AgentHub {
                     }
                 };
                 (names, run_on)
+            }
+            // Beyond the node's policy: refused wherever it would run.
+            Err(e @ edgewise_agent::AgentError::Policy(_)) => {
+                return Err(ApiError::unprocessable(e.to_string()))
             }
             Err(e) if here => return Err(ApiError::unprocessable(e.to_string())),
             // The nodes that run it need its tools (placement asks for its components); only

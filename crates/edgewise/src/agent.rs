@@ -92,6 +92,24 @@ fn validate(node: &Node, path: &Path) -> Result<()> {
         let kind = if c.subscribe { "trigger" } else { "tool" };
         println!("{kind} {}: {}", c.name, c.endpoint);
     }
+    // A valid spec may still ask for more than this node allows; `agent run` would refuse it.
+    let absolute = |p: &Path| {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    };
+    let home = absolute(node.data.root());
+    let spec_dir = absolute(path.parent().unwrap_or(Path::new("")));
+    let scope = edgewise_core::PolicyScope {
+        home: &home,
+        spec_dir: &spec_dir,
+    };
+    if let Err(v) = node.config.agent_policy.check(&spec, &scope) {
+        println!("warning: this node would refuse it: {}", spec.refusal(v));
+    }
     Ok(())
 }
 

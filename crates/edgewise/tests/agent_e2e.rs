@@ -137,7 +137,10 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
     let config = home.path().join("config.yaml");
     std::fs::write(
         &config,
-        format!("mqtt_brokers:\n  local-broker: 127.0.0.1:{port}\nthreads: 2\n"),
+        format!(
+            "mqtt_brokers:\n  local-broker: 127.0.0.1:{port}\nthreads: 2\nagent_policy:\n  unix_sockets: [\"{}\"]\n",
+            socket.display()
+        ),
     )
     .unwrap();
 
@@ -299,8 +302,15 @@ fn agents_api_runs_streams_cancels_and_a_kill_9_mid_run_loses_nothing() {
     let _l = MODEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let home = home();
     let config = home.path().join("config.yaml");
-    std::fs::write(&config, "threads: 2\nparallel: 2\nkv_cells: 8192\n").unwrap();
     let socket = home.path().join("slow.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "threads: 2\nparallel: 2\nkv_cells: 8192\nagent_policy:\n  unix_sockets: [\"{}\"]\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
     let hold = Arc::new(AtomicBool::new(false));
     let held = slow_sensor(&socket, hold.clone());
     let spec = KV_AGENT.replace("SOCKET", &socket.display().to_string());
@@ -536,7 +546,7 @@ fn mqtt_trigger_on_the_embedded_broker_starts_a_run_per_message() {
     let config = home.path().join("config.yaml");
     std::fs::write(
         &config,
-        format!("threads: 2\nparallel: 2\nmqtt_listen: 127.0.0.1:{mqtt}\n"),
+        format!("threads: 2\nparallel: 2\nmqtt_listen: 127.0.0.1:{mqtt}\nagent_policy:\n  mqtt_topics: [plant/alarms, operator]\n"),
     )
     .unwrap();
     let server = Serve::start(home.path(), &config);
@@ -639,6 +649,16 @@ limits:
         ),
     )
     .unwrap();
+    // The node lets specs start exactly this server.
+    std::fs::write(
+        home.path().join("config.yaml"),
+        format!(
+            "agent_policy:\n  mcp_commands: [\"{} {}\"]\n",
+            test_python().display(),
+            server.display()
+        ),
+    )
+    .unwrap();
     let out = edgewise(home.path())
         .args(["agent", "run", "--json", "--seed", "1"])
         .arg(&spec)
@@ -694,6 +714,11 @@ fn refused_calls_are_audited_and_the_run_ends_cleanly() {
     std::fs::write(home.path().join("secret.txt"), "TOP-SECRET-TOKEN").unwrap();
     let spec = home.path().join("guarded.yaml");
     std::fs::write(&spec, GUARDED_AGENT).unwrap();
+    std::fs::write(
+        home.path().join("config.yaml"),
+        "agent_policy:\n  file_roots: [data]\n",
+    )
+    .unwrap();
     let cases = [
         (
             "Read the file ../secret.txt with read_file.",
@@ -803,7 +828,7 @@ fn cloud_fallback_serves_only_agents_allowed_egress_and_its_breaker_opens() {
     std::fs::write(
         home.path().join("config.yaml"),
         format!(
-            "trusted_keys: [\"{public_key}\"]\nmqtt_listen: \"\"\ncloud:\n  url: http://127.0.0.1:{}/v1\n  model: qwen2.5-coder-0.5b-instruct\n  api_key_env: EDGEWISE_TEST_CLOUD_KEY\n  breaker_failures: 2\n  breaker_cooldown_s: 600\n",
+            "trusted_keys: [\"{public_key}\"]\nmqtt_listen: \"\"\ncloud:\n  url: http://127.0.0.1:{}/v1\n  model: qwen2.5-coder-0.5b-instruct\n  api_key_env: EDGEWISE_TEST_CLOUD_KEY\n  breaker_failures: 2\n  breaker_cooldown_s: 600\nagent_policy:\n  allow_egress: true\n",
             cloud.port
         ),
     )
@@ -936,6 +961,11 @@ fn a_run_that_overflows_the_context_window_completes_through_summarisation() {
     }
     let spec = home.path().join("reader.yaml");
     std::fs::write(&spec, LONG_READER).unwrap();
+    std::fs::write(
+        home.path().join("config.yaml"),
+        "agent_policy:\n  file_roots: [logs]\n",
+    )
+    .unwrap();
     let out = edgewise(home.path())
         .args(["agent", "run", "--json", "--seed", "1"])
         .arg(&spec)

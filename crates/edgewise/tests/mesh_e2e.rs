@@ -1049,7 +1049,7 @@ fn egress_false_sends_nothing_outside_the_trust_domain_and_true_reaches_the_clou
     let cfg = nodes[0].home.path().join("config.yaml");
     let mut yaml = std::fs::read_to_string(&cfg).unwrap();
     yaml.push_str(&format!(
-        "cloud:\n  url: http://{x}:{PORT}/v1\n  model: qwen2.5-coder-0.5b-instruct\n"
+        "cloud:\n  url: http://{x}:{PORT}/v1\n  model: qwen2.5-coder-0.5b-instruct\nagent_policy:\n  allow_egress: true\n"
     ));
     std::fs::write(&cfg, yaml).unwrap();
     let other = pki.path().join("other");

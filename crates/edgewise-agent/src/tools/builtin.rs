@@ -41,6 +41,20 @@ pub(super) fn build(
                     root.display()
                 )
             })?;
+            // The spec's root passed the node's file roots as written; a symlink on the way must
+            // not lead out of them.
+            let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            let (home, spec_dir) = (canonical(&ctx.home), canonical(&ctx.spec_dir));
+            let scope = edgewise_core::PolicyScope {
+                home: &home,
+                spec_dir: &spec_dir,
+            };
+            if !ctx.config.agent_policy.file_root_allowed(&root, &scope) {
+                return Err(format!(
+                    "root {} leads outside the file roots this node allows (agent_policy.file_roots in config.yaml)",
+                    root.display()
+                ));
+            }
             let kind = if name == "read_file" {
                 FileKind::Read
             } else {
@@ -97,7 +111,7 @@ pub(super) fn build(
                     "additionalProperties": false
                 }),
             ),
-            ctx.egress_allowed,
+            ctx.egress.clone(),
             timeout,
         )),
         "mqtt_publish" => Arc::new(MqttTool::new(
@@ -112,7 +126,7 @@ pub(super) fn build(
             ),
             ctx.config.mqtt_broker_addr("local-broker", 1883),
             None,
-            ctx.egress_allowed,
+            super::mqtt::Topics::of(ctx),
             timeout,
         )),
         "search_knowledge" => {

@@ -10,6 +10,7 @@ use reqwest::Url;
 use serde_json::Value;
 
 use super::{resolve_destination, Tool, ToolError};
+use crate::egress::EgressPolicy;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -17,7 +18,7 @@ pub struct HttpTool {
     spec: ToolSpec,
     /// Base URL of a capability; `None` for `http_request`, whose calls carry the URL.
     base: Option<Url>,
-    egress_allowed: bool,
+    egress: EgressPolicy,
     timeout: Duration,
 }
 
@@ -25,23 +26,23 @@ impl HttpTool {
     pub fn fixed(
         spec: ToolSpec,
         base: String,
-        egress_allowed: bool,
+        egress: EgressPolicy,
         timeout: Duration,
     ) -> Result<Self, String> {
         let base = Url::parse(&base).map_err(|e| format!("invalid URL: {e}"))?;
         Ok(Self {
             spec,
             base: Some(base),
-            egress_allowed,
+            egress,
             timeout,
         })
     }
 
-    pub fn free(spec: ToolSpec, egress_allowed: bool, timeout: Duration) -> Self {
+    pub fn free(spec: ToolSpec, egress: EgressPolicy, timeout: Duration) -> Self {
         Self {
             spec,
             base: None,
-            egress_allowed,
+            egress,
             timeout,
         }
     }
@@ -97,7 +98,7 @@ impl Tool for HttpTool {
             .trim_end_matches(']')
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
-        let addrs = resolve_destination(&host, port, self.egress_allowed).await?;
+        let addrs = resolve_destination(&host, port, &self.egress).await?;
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())

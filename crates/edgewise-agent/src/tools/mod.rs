@@ -51,7 +51,10 @@ pub struct ToolContext {
     pub agent_id: String,
     pub kv: Arc<Kv>,
     pub config: NodeConfig,
-    pub egress_allowed: bool,
+    /// What the agent's tools may reach (its `egress_allowed` under the node's policy).
+    pub egress: crate::egress::EgressPolicy,
+    /// The node's data dir (`agent_policy.file_roots` are relative to it).
+    pub home: PathBuf,
     /// Relative paths in the spec (roots, components) resolve against this.
     pub spec_dir: PathBuf,
     /// The node's Wasm components (`wasm:NAME`, `wasm:PATH`).
@@ -83,8 +86,9 @@ impl ToolContext {
         Self {
             agent_id: agent_id.to_owned(),
             kv,
+            egress: crate::egress::EgressPolicy::new(&config, egress_allowed),
+            home: data.root().to_path_buf(),
             config,
-            egress_allowed,
             spec_dir,
             components,
             engine: wasm::EngineSlot::default(),
@@ -104,13 +108,15 @@ impl ToolContext {
 pub async fn resolve_destination(
     host: &str,
     port: u16,
-    egress_allowed: bool,
+    egress: &crate::egress::EgressPolicy,
 ) -> Result<Vec<std::net::SocketAddr>, ToolError> {
     use crate::egress::{resolve_checked, EgressError};
-    resolve_checked(host, port, egress_allowed)
+    resolve_checked(host, port, egress)
         .await
         .map_err(|e| match e {
-            EgressError::Denied { .. } => ToolError::Refused(e.to_string()),
+            EgressError::Denied { .. } | EgressError::Special { .. } => {
+                ToolError::Refused(e.to_string())
+            }
             EgressError::Unresolvable { .. } => ToolError::Failed(e.to_string()),
         })
 }
@@ -282,7 +288,7 @@ fn build(cap: &Capability, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
             ),
             ctx.config.mqtt_broker_addr(broker, *port),
             Some(topic.clone()),
-            ctx.egress_allowed,
+            mqtt::Topics::of(ctx),
             timeout,
         )),
         Endpoint::Http(base) => Arc::new(http::HttpTool::fixed(
@@ -299,7 +305,7 @@ fn build(cap: &Capability, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
                 }),
             ),
             base.clone(),
-            ctx.egress_allowed,
+            ctx.egress.clone(),
             timeout,
         )?),
         Endpoint::Builtin(name) => builtin::build(name, cap, ctx, spec_for, timeout)?,

@@ -8,7 +8,43 @@ use edgewise_infer::ToolSpec;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-use super::{resolve_destination, Tool, ToolError};
+use super::{resolve_destination, Tool, ToolContext, ToolError};
+use crate::egress::EgressPolicy;
+
+/// Where one agent may publish: its egress (the node's brokers included) and the node's
+/// `agent_policy.mqtt_topics` for its id.
+#[derive(Clone)]
+pub struct Topics {
+    pub egress: EgressPolicy,
+    policy: edgewise_core::AgentPolicy,
+    agent: String,
+}
+
+impl Topics {
+    pub fn of(ctx: &ToolContext) -> Self {
+        Self {
+            egress: ctx.egress.mqtt(),
+            policy: ctx.config.agent_policy.clone(),
+            agent: ctx.agent_id.clone(),
+        }
+    }
+
+    /// Refuses a topic the node's policy does not cover, or one with wildcards.
+    pub fn check(&self, topic: &str) -> Result<(), ToolError> {
+        if topic.contains('+') || topic.contains('#') {
+            return Err(ToolError::Refused(format!(
+                "'{topic}' contains a wildcard; publish to one topic"
+            )));
+        }
+        if !self.policy.topic_allowed(topic, &self.agent) {
+            return Err(ToolError::Refused(format!(
+                "the topic '{topic}' is outside agent_policy.mqtt_topics ({}) of this node",
+                self.policy.mqtt_topics.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
 
 pub struct MqttTool {
     spec: ToolSpec,
@@ -16,7 +52,7 @@ pub struct MqttTool {
     broker: String,
     /// Fixed topic (capability endpoint) or `None` when the call names it (`mqtt_publish`).
     topic: Option<String>,
-    egress_allowed: bool,
+    topics: Topics,
     timeout: Duration,
 }
 
@@ -25,14 +61,14 @@ impl MqttTool {
         spec: ToolSpec,
         broker: String,
         topic: Option<String>,
-        egress_allowed: bool,
+        topics: Topics,
         timeout: Duration,
     ) -> Self {
         Self {
             spec,
             broker,
             topic,
-            egress_allowed,
+            topics,
             timeout,
         }
     }
@@ -53,6 +89,7 @@ impl Tool for MqttTool {
                 .ok_or_else(|| ToolError::Refused("`topic` is required".into()))?
                 .to_owned(),
         };
+        self.topics.check(&topic)?;
         let message = match args.get("message") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
@@ -62,7 +99,7 @@ impl Tool for MqttTool {
             &self.broker,
             &topic,
             message.as_bytes(),
-            self.egress_allowed,
+            &self.topics.egress,
             self.timeout,
         )
         .await?;
@@ -75,7 +112,7 @@ pub async fn publish(
     broker: &str,
     topic: &str,
     payload: &[u8],
-    egress_allowed: bool,
+    egress: &EgressPolicy,
     timeout: Duration,
 ) -> Result<(), ToolError> {
     let (host, port) = match broker.rsplit_once(':') {
@@ -87,7 +124,7 @@ pub async fn publish(
         ),
         None => (broker, 1883),
     };
-    let addrs = resolve_destination(host, port, egress_allowed).await?;
+    let addrs = resolve_destination(host, port, egress).await?;
     let addr = addrs[0];
     let id = format!("edgewise-{}", uuid::Uuid::new_v4().simple());
     let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());

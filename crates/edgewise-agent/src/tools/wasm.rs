@@ -61,7 +61,7 @@ pub(crate) fn connect(
         target: target_of(endpoint, ctx),
         grants,
         default_memory: spec.runtime.memory_limit.map(|b| b.as_u64()),
-        egress_allowed: ctx.egress_allowed,
+        egress: ctx.egress.clone(),
     };
     let component = ctx.components.current(&source).map_err(|e| e.to_string())?;
     if component.kind != edgewise_sandbox::ComponentKind::Tool {
@@ -162,7 +162,7 @@ pub struct NodeServices {
     tools: ToolsSlot,
     rt: tokio::runtime::Handle,
     broker: String,
-    egress_allowed: bool,
+    topics: super::mqtt::Topics,
 }
 
 impl NodeServices {
@@ -176,7 +176,7 @@ impl NodeServices {
             tools: ctx.tools.clone(),
             rt: tokio::runtime::Handle::current(),
             broker: ctx.config.mqtt_broker_addr("local-broker", 1883),
-            egress_allowed: ctx.egress_allowed,
+            topics: super::mqtt::Topics::of(ctx),
         }
     }
 
@@ -313,12 +313,13 @@ impl HostServices for NodeServices {
         result.map_err(|e| e.to_string())
     }
     fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        self.topics.check(topic).map_err(|e| e.to_string())?;
         self.rt
             .block_on(super::mqtt_publish(
                 &self.broker,
                 topic,
                 payload,
-                self.egress_allowed,
+                &self.topics.egress,
                 Duration::from_secs(10),
             ))
             .map_err(|e| e.to_string())
