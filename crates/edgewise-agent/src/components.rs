@@ -13,7 +13,9 @@ use std::time::SystemTime;
 
 use edgewise_core::signing::{self, Artifact, ManifestSignature};
 use edgewise_core::{ComponentManifest, DataDir, Grants};
-use edgewise_sandbox::store::{check_name, manifest_beside, ComponentStore, InstalledComponent};
+use edgewise_sandbox::store::{
+    check_name, manifest_file_beside, ComponentStore, InstalledComponent,
+};
 use edgewise_sandbox::{LoadedComponent, Sandbox, SandboxConfig, SandboxError};
 use sha2::{Digest, Sha256};
 
@@ -21,8 +23,9 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentSource {
     pub target: Target,
-    /// Grants that replace the manifest's (an agent spec's capability entry); relative file
-    /// grants in them must already be absolute.
+    /// Grants from an agent spec's capability entry: they may narrow the manifest's, never
+    /// widen them (a `.wasm` file without a manifest has only these). Relative file grants in
+    /// them must already be absolute.
     pub grants: Option<Grants>,
     /// Linear memory when the grants name none (the agent's `runtime.memory_limit`).
     pub default_memory: Option<u64>,
@@ -165,30 +168,45 @@ impl ComponentRegistry {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads `source` as it is on disk now (signature checked for installed components).
+    /// Loads `source` as it is on disk now (signature checked for installed components; a
+    /// node that requires signatures loads no `.wasm` file from a spec).
     fn load(&self, source: &ComponentSource) -> Result<LoadedComponent, SandboxError> {
         let (name, wasm, manifest, base) = match &source.target {
             Target::Installed(name) => {
                 let c = self.store.get(name)?;
                 self.store.verify(&c, &self.trusted_keys)?;
                 let base = c.wasm.parent().map(Path::to_path_buf).unwrap_or_default();
-                (c.name, c.wasm, c.manifest, base)
+                (c.name, c.wasm, Some(c.manifest), base)
             }
             Target::File(path) => {
+                if self.requires_signatures() {
+                    return Err(SandboxError::UnsignedFile { path: path.clone() });
+                }
                 let name = path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "component".into());
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                (name, path.clone(), manifest_beside(path)?, base)
+                (name, path.clone(), manifest_file_beside(path)?, base)
             }
         };
-        let mut grants = source.grants.clone().unwrap_or(manifest.grants);
-        for f in &mut grants.files {
-            if f.path.is_relative() {
-                f.path = base.join(&f.path);
+        let grants = match (manifest, &source.grants) {
+            (Some(m), None) => resolve_files(m.grants, &base),
+            (None, Some(spec)) => spec.clone(),
+            (None, None) => Grants::default(),
+            // Compared with links followed: a link inside a granted directory that points out
+            // of it is not inside it.
+            (Some(m), Some(spec)) => {
+                let ceiling = canonical_files(resolve_files(m.grants, &base), &wasm)?;
+                let spec = canonical_files(spec.clone(), &wasm)?;
+                ceiling
+                    .narrowed_by(&spec)
+                    .map_err(|source| SandboxError::GrantsWidened {
+                        component: name.clone(),
+                        source,
+                    })?
             }
-        }
+        };
         let egress = &source.egress;
         self.sandbox()?.load(
             &name,
@@ -221,9 +239,12 @@ impl ComponentRegistry {
         })?;
         if let (Some(sig), true) = (signature, self.requires_signatures()) {
             let sha256 = hex::encode(Sha256::digest(&bytes));
+            // The signature covers the grants it is installed with: other grants need a new one.
             signing::verify(
                 sig,
-                Artifact::Component,
+                Artifact::Component {
+                    grants: &manifest.grants,
+                },
                 name,
                 &sha256,
                 bytes.len() as u64,
@@ -254,6 +275,27 @@ impl ComponentRegistry {
             .retain(|(s, _)| s.target != Target::Installed(name.to_owned()));
         Ok(())
     }
+}
+
+/// Relative file grants resolve against the manifest's directory.
+fn resolve_files(mut grants: Grants, base: &Path) -> Grants {
+    for f in &mut grants.files {
+        if f.path.is_relative() {
+            f.path = base.join(&f.path);
+        }
+    }
+    grants
+}
+
+/// File grants with every link followed (each directory must exist to be granted anyway).
+fn canonical_files(mut grants: Grants, wasm: &Path) -> Result<Grants, SandboxError> {
+    for f in &mut grants.files {
+        f.path = std::fs::canonicalize(&f.path).map_err(|e| SandboxError::Load {
+            path: wasm.to_path_buf(),
+            message: format!("file grant {}: {e}", f.path.display()),
+        })?;
+    }
+    Ok(grants)
 }
 
 fn missing(path: &Path) -> SandboxError {

@@ -20,6 +20,6 @@ pub use config::{
     AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, MeshConfig, MeshRole, MeshShare,
     NodeConfig, NodeLimits, SyncConfig,
 };
-pub use grants::{ComponentManifest, FileGrant, Grants, HostInterface};
+pub use grants::{ComponentManifest, FileGrant, Grants, GrantsWidened, HostInterface};
 pub use paths::DataDir;
 pub use sampling::SamplingParams;

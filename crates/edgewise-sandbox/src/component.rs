@@ -6,21 +6,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edgewise_core::grants::DEFAULT_TIME_LIMIT;
 use edgewise_core::{CircuitBreaker, Grants};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::bindings;
-use crate::host::{HostServices, HostState};
+use crate::host::{CallClock, HostCallTimeout, HostServices, HostState};
 use crate::limits::{CallLimits, MemoryLimitHit};
 use crate::{SandboxError, WIT_PACKAGE, WIT_VERSION};
 
 /// How often the epoch advances: the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(1);
 const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Traps in a row that stop calls to a component for `BREAKER_COOLDOWN`.
 const BREAKER_TRAPS: u32 = 3;
@@ -35,6 +38,9 @@ pub struct SandboxConfig {
     pub max_memory: u64,
     /// Component instances alive at once (concurrent calls).
     pub max_instances: u32,
+    /// How long one host service call (inference, a tool, KV) may take; longer ends the
+    /// component's call. Service time does not count against a component's own time limit.
+    pub host_call_limit: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -43,6 +49,7 @@ impl Default for SandboxConfig {
             cache_dir: None,
             max_memory: 4 << 30,
             max_instances: 32,
+            host_call_limit: Duration::from_secs(300),
         }
     }
 }
@@ -169,6 +176,7 @@ impl Sandbox {
             engine: self.engine.clone(),
             pre,
             time_limit: grants.time_limit.unwrap_or(DEFAULT_TIME_LIMIT),
+            host_call_limit: self.config.host_call_limit,
             memory,
             network: Arc::new(network),
             grants: Arc::new(grants),
@@ -320,7 +328,9 @@ pub struct LoadedComponent {
     pub kind: ComponentKind,
     engine: Engine,
     pre: Pre,
+    /// Time a call may spend in the component's own code.
     pub time_limit: Duration,
+    host_call_limit: Duration,
     /// Linear memory limit in bytes.
     pub memory: u64,
     network: Arc<Vec<(IpAddr, Option<u16>)>>,
@@ -353,7 +363,10 @@ impl LoadedComponent {
     fn store(&self, services: Arc<dyn HostServices>) -> Result<Store<HostState>, SandboxError> {
         let mut wasi = WasiCtx::builder();
         for f in &self.grants.files {
-            let guest = f.guest.clone().unwrap_or_else(|| "/data".into());
+            let guest = f
+                .guest
+                .clone()
+                .unwrap_or_else(|| edgewise_core::grants::DEFAULT_GUEST_DIR.into());
             let perms = if f.writable {
                 FsPerms::ReadWrite
             } else {
@@ -396,11 +409,22 @@ impl LoadedComponent {
             grants: self.grants.clone(),
             services,
             component: self.name.clone(),
+            clock: CallClock::start(),
+            host_call_limit: self.host_call_limit,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.time_limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        // The epoch deadline is wall time; when it passes, the call goes on for whatever of the
+        // limit the node's services used (their time is not the component's).
+        let limit = self.time_limit;
+        store.epoch_deadline_callback(move |ctx| {
+            let used = ctx.data().clock.component_time();
+            Ok(match limit.checked_sub(used) {
+                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+                _ => UpdateDeadline::Interrupt,
+            })
+        });
+        store.set_epoch_deadline(ticks(limit));
         Ok(store)
     }
 
@@ -422,6 +446,13 @@ impl LoadedComponent {
                     component: self.name.clone(),
                     tool: what.to_owned(),
                     limit: bytesize::ByteSize(self.memory).to_string(),
+                }
+            } else if let Some(t) = e.downcast_ref::<HostCallTimeout>() {
+                SandboxError::HostCallTimeout {
+                    component: self.name.clone(),
+                    tool: what.to_owned(),
+                    service: t.service.to_owned(),
+                    limit_ms: t.limit.as_millis() as u64,
                 }
             } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 SandboxError::Timeout {
@@ -566,6 +597,11 @@ impl LoadedComponent {
             }
         }
     }
+}
+
+/// Epoch ticks covering `d` (at least one).
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
 }
 
 fn tool_error_message(e: bindings::edgewise::agent::types::ToolError) -> String {

@@ -17,6 +17,13 @@ pub enum SandboxError {
         tool: String,
         limit_ms: u64,
     },
+    #[error("component '{component}': {tool} was stopped: {service} did not answer within the host-call limit ({limit_ms} ms); the node service is slow or hung, not the component")]
+    HostCallTimeout {
+        component: String,
+        tool: String,
+        service: String,
+        limit_ms: u64,
+    },
     #[error("component '{component}': {tool} tried to grow its memory beyond its limit ({limit})")]
     MemoryLimit {
         component: String,
@@ -53,6 +60,13 @@ pub enum SandboxError {
         tool: String,
         message: String,
     },
+    #[error("component '{component}': {source}")]
+    GrantsWidened {
+        component: String,
+        source: edgewise_core::GrantsWidened,
+    },
+    #[error("component {path}: this node loads only installed, signed components (trusted_keys is set): install it with `edgewise component add {path}`, sign it, and name it in the spec as `wasm:NAME`")]
+    UnsignedFile { path: PathBuf },
     #[error("no component named '{name}' is installed (edgewise component list)")]
     NotInstalled { name: String },
     #[error("component store {path}: {message}")]

@@ -1,7 +1,10 @@
 //! What a component's imports reach: the node's services behind `HostServices`, each checked
-//! against the component's grants before it is called.
+//! against the component's grants before it is called. A service call's time is the node's,
+//! not the component's (`CallClock`), and is bounded on its own (the host-call limit).
 
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edgewise_core::{Grants, HostInterface};
 use wasmtime::component::{Resource, ResourceTable};
@@ -130,6 +133,48 @@ fn document_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value, store::E
     Ok(value)
 }
 
+/// Where one call's time went: what the node's services took is kept apart, so the time limit
+/// counts the component's own work only (a cold embedding model loading inside an `embed`
+/// must not stop the component that asked).
+pub(crate) struct CallClock {
+    started: Instant,
+    in_services: Duration,
+}
+
+impl CallClock {
+    pub fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            in_services: Duration::ZERO,
+        }
+    }
+
+    /// Time spent so far outside the node's services: the component's own work.
+    pub fn component_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.in_services)
+    }
+}
+
+/// A node service that did not answer within the host-call limit; it ends the component's call.
+#[derive(Debug)]
+pub(crate) struct HostCallTimeout {
+    pub service: &'static str,
+    pub limit: Duration,
+}
+
+impl std::fmt::Display for HostCallTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host service {} did not answer within {} ms",
+            self.service,
+            self.limit.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for HostCallTimeout {}
+
 /// The store data of one call.
 pub(crate) struct HostState {
     pub wasi: WasiCtx,
@@ -138,6 +183,9 @@ pub(crate) struct HostState {
     pub grants: Arc<Grants>,
     pub services: Arc<dyn HostServices>,
     pub component: String,
+    pub clock: CallClock,
+    /// How long one service call may take before the component's call is ended.
+    pub host_call_limit: Duration,
 }
 
 impl WasiView for HostState {
@@ -150,6 +198,38 @@ impl WasiView for HostState {
 }
 
 impl HostState {
+    /// Runs a node service on a thread of its own and waits at most the host-call limit: its
+    /// time is not charged to the component, and a service that hangs ends the call (a trap)
+    /// instead of holding it forever. A service that overran keeps its thread until it returns;
+    /// its answer is dropped.
+    fn service<T: Send + 'static>(
+        &mut self,
+        name: &'static str,
+        call: impl FnOnce(&dyn HostServices) -> T + Send + 'static,
+    ) -> wasmtime::Result<T> {
+        let services = self.services.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let started = Instant::now();
+        std::thread::Builder::new()
+            .name("wasm-host-call".into())
+            .spawn(move || {
+                let _ = tx.send(call(&*services));
+            })
+            .map_err(|e| wasmtime::Error::msg(format!("host service {name}: no thread: {e}")))?;
+        let answer = rx.recv_timeout(self.host_call_limit);
+        self.clock.in_services += started.elapsed();
+        match answer {
+            Ok(v) => Ok(v),
+            Err(RecvTimeoutError::Timeout) => Err(wasmtime::Error::new(HostCallTimeout {
+                service: name,
+                limit: self.host_call_limit,
+            })),
+            Err(RecvTimeoutError::Disconnected) => Err(wasmtime::Error::msg(format!(
+                "host service {name} failed without an answer (it panicked)"
+            ))),
+        }
+    }
+
     /// Ok when the grants allow `interface`; else the message the component gets.
     fn require(&self, interface: HostInterface) -> Result<(), String> {
         if self.grants.allows(interface) {
@@ -211,11 +291,15 @@ impl store::HostBucket for HostState {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let read = match self.table.get(&bucket)? {
-            Bucket::Namespace(ns) => self.services.kv_get(ns, &key),
-            Bucket::Document(doc) => self
-                .services
-                .doc_get(doc, &key)
-                .map(|v| v.map(|v| v.to_string().into_bytes())),
+            Bucket::Namespace(ns) => {
+                let ns = ns.clone();
+                self.service("keyvalue.get", move |s| s.kv_get(&ns, &key))?
+            }
+            Bucket::Document(doc) => {
+                let doc = doc.clone();
+                self.service("keyvalue.get", move |s| s.doc_get(&doc, &key))?
+                    .map(|v| v.map(|v| v.to_string().into_bytes()))
+            }
         };
         Ok(read.map_err(store::Error::Other))
     }
@@ -227,9 +311,15 @@ impl store::HostBucket for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let written = match self.table.get(&bucket)? {
-            Bucket::Namespace(ns) => self.services.kv_set(ns, &key, &value),
+            Bucket::Namespace(ns) => {
+                let ns = ns.clone();
+                self.service("keyvalue.set", move |s| s.kv_set(&ns, &key, &value))?
+            }
             Bucket::Document(doc) => match document_value(&key, &value) {
-                Ok(value) => self.services.doc_set(doc, &key, &value),
+                Ok(value) => {
+                    let doc = doc.clone();
+                    self.service("keyvalue.set", move |s| s.doc_set(&doc, &key, &value))?
+                }
                 Err(e) => return Ok(Err(e)),
             },
         };
@@ -242,8 +332,14 @@ impl store::HostBucket for HostState {
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let deleted = match self.table.get(&bucket)? {
-            Bucket::Namespace(ns) => self.services.kv_delete(ns, &key),
-            Bucket::Document(doc) => self.services.doc_delete(doc, &key),
+            Bucket::Namespace(ns) => {
+                let ns = ns.clone();
+                self.service("keyvalue.delete", move |s| s.kv_delete(&ns, &key))?
+            }
+            Bucket::Document(doc) => {
+                let doc = doc.clone();
+                self.service("keyvalue.delete", move |s| s.doc_delete(&doc, &key))?
+            }
         };
         Ok(deleted.map_err(store::Error::Other))
     }
@@ -254,8 +350,16 @@ impl store::HostBucket for HostState {
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
         let found = match self.table.get(&bucket)? {
-            Bucket::Namespace(ns) => self.services.kv_get(ns, &key).map(|v| v.is_some()),
-            Bucket::Document(doc) => self.services.doc_get(doc, &key).map(|v| v.is_some()),
+            Bucket::Namespace(ns) => {
+                let ns = ns.clone();
+                self.service("keyvalue.exists", move |s| s.kv_get(&ns, &key))?
+                    .map(|v| v.is_some())
+            }
+            Bucket::Document(doc) => {
+                let doc = doc.clone();
+                self.service("keyvalue.exists", move |s| s.doc_get(&doc, &key))?
+                    .map(|v| v.is_some())
+            }
         };
         Ok(found.map_err(store::Error::Other))
     }
@@ -267,8 +371,14 @@ impl store::HostBucket for HostState {
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         // One page: a component's bucket is small, and the cursor stays for the interface's sake.
         let keys = match self.table.get(&bucket)? {
-            Bucket::Namespace(ns) => self.services.kv_keys(ns),
-            Bucket::Document(doc) => self.services.doc_keys(doc),
+            Bucket::Namespace(ns) => {
+                let ns = ns.clone();
+                self.service("keyvalue.list-keys", move |s| s.kv_keys(&ns))?
+            }
+            Bucket::Document(doc) => {
+                let doc = doc.clone();
+                self.service("keyvalue.list-keys", move |s| s.doc_keys(&doc))?
+            }
         };
         Ok(keys
             .map(|keys| store::KeyResponse { keys, cursor: None })
@@ -316,8 +426,7 @@ impl inference::Host for HostState {
             })
             .collect();
         Ok(self
-            .services
-            .chat(&messages, &options)
+            .service("inference.chat", move |s| s.chat(&messages, &options))?
             .map_err(inference::Error::Failed))
     }
 
@@ -334,8 +443,7 @@ impl inference::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         Ok(self
-            .services
-            .generate(&prompt, &options)
+            .service("inference.generate", move |s| s.generate(&prompt, &options))?
             .map_err(inference::Error::Failed))
     }
 
@@ -343,7 +451,9 @@ impl inference::Host for HostState {
         if let Err(why) = self.require(HostInterface::Inference) {
             return Ok(Err(inference::Error::Denied(why)));
         }
-        Ok(self.services.embed(&text).map_err(inference::Error::Failed))
+        Ok(self
+            .service("inference.embed", move |s| s.embed(&text))?
+            .map_err(inference::Error::Failed))
     }
 }
 
@@ -357,8 +467,7 @@ impl tools::Host for HostState {
             return Ok(Err(types::ToolError::Denied(why)));
         }
         Ok(self
-            .services
-            .call_tool(&name, &args_json)
+            .service("tools.call", move |s| s.call_tool(&name, &args_json))?
             .map_err(types::ToolError::Failed))
     }
 }
@@ -379,8 +488,7 @@ impl events::Host for HostState {
             ))));
         }
         Ok(self
-            .services
-            .publish(&topic, &payload)
+            .service("events.publish", move |s| s.publish(&topic, &payload))?
             .map_err(events::Error::Failed))
     }
 }

@@ -6,8 +6,10 @@
 //!   granted (`edgewise_core::Grants`).
 //! - Every call runs in a fresh instance (from an `InstancePre`, pooled memory), so a trap ends
 //!   that call only and no state leaks between calls; state lives in the node's KV.
-//! - A call never runs longer than its time limit (epoch interruption) nor grows memory beyond
-//!   its limit; both end the call with an error the caller sees.
+//! - A call never spends longer than its time limit in the component's own code (epoch
+//!   interruption; time in the node's services does not count) nor grows memory beyond its
+//!   limit; each node service call is bounded by the host-call limit. All end the call with an
+//!   error the caller sees.
 //! - A component whose `edgewise:agent` interfaces are another version than this host's is
 //!   refused at load, naming the interface and both versions.
 

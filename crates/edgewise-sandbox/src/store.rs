@@ -90,16 +90,21 @@ pub fn check_name(name: &str) -> Result<(), SandboxError> {
 
 /// The manifest next to a `.wasm` file: `NAME.component.yaml` for `NAME.wasm`; defaults if none.
 pub fn manifest_beside(wasm: &Path) -> Result<ComponentManifest, SandboxError> {
+    Ok(manifest_file_beside(wasm)?.unwrap_or_default())
+}
+
+/// The manifest next to a `.wasm` file, if there is one.
+pub fn manifest_file_beside(wasm: &Path) -> Result<Option<ComponentManifest>, SandboxError> {
     let path = wasm.with_extension("component.yaml");
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_yaml::from_str(&text).map_err(|e| {
+        Ok(text) => serde_yaml::from_str(&text).map(Some).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!(":{}:{}", l.line(), l.column()))
                 .unwrap_or_default();
             store_err(Path::new(&format!("{}{at}", path.display())), e.to_string())
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ComponentManifest::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(store_err(&path, e.to_string())),
     }
 }
@@ -236,13 +241,17 @@ impl ComponentStore {
         Ok(())
     }
 
+    /// Signs the installed bytes with the installed manifest's grants and limits.
     pub fn sign(
         &self,
         name: &str,
         key: &ed25519_dalek::SigningKey,
     ) -> Result<ManifestSignature, SandboxError> {
         let c = self.get(name)?;
-        let sig = signing::sign(key, Artifact::Component, name, &c.sha256, c.size);
+        let grants = Artifact::Component {
+            grants: &c.manifest.grants,
+        };
+        let sig = signing::sign(key, grants, name, &c.sha256, c.size);
         let path = self.dir.join(name).join(SIGNATURE);
         let json =
             serde_json::to_string_pretty(&sig).map_err(|e| store_err(&path, e.to_string()))?;
@@ -250,8 +259,8 @@ impl ComponentStore {
         Ok(sig)
     }
 
-    /// With trusted keys configured, only a component signed by one of them, whose bytes are
-    /// the ones signed, may load. The error says which check failed.
+    /// With trusted keys configured, only a component signed by one of them, whose bytes and
+    /// grants are the ones signed, may load. The error says which check failed.
     pub fn verify(&self, c: &InstalledComponent, trusted: &[String]) -> Result<(), SandboxError> {
         if trusted.is_empty() {
             return Ok(());
@@ -264,7 +273,9 @@ impl ComponentStore {
         };
         signing::verify(
             sig,
-            Artifact::Component,
+            Artifact::Component {
+                grants: &c.manifest.grants,
+            },
             &c.name,
             &c.sha256,
             c.size,
@@ -338,5 +349,31 @@ mod tests {
         assert!(check_name("../etc").is_err());
         store.remove("x").unwrap();
         assert!(store.get("x").is_err());
+    }
+
+    #[test]
+    fn a_signed_components_grants_cannot_be_widened_after_signing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ComponentStore::new(tmp.path().join("components"));
+        let src = tmp.path().join("x.wasm");
+        std::fs::write(&src, b"bytes").unwrap();
+        let m: ComponentManifest =
+            serde_yaml::from_str("grants:\n  interfaces: [logging]\n").unwrap();
+        store.install("x", &src, &m, None).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let trusted = vec![signing::public_key_hex(&key)];
+        store.sign("x", &key).unwrap();
+        store.verify(&store.get("x").unwrap(), &trusted).unwrap();
+        // The same bytes and signature, the manifest edited to grant inference.
+        let manifest = tmp.path().join("components/x").join(MANIFEST);
+        std::fs::write(&manifest, "grants:\n  interfaces: [logging, inference]\n").unwrap();
+        let err = store
+            .verify(&store.get("x").unwrap(), &trusted)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("grants") && err.contains("new signature"),
+            "{err}"
+        );
     }
 }

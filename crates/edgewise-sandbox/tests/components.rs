@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgewise_core::{FileGrant, Grants};
-use edgewise_sandbox::{LoadedComponent, NoServices, Sandbox, SandboxConfig, SandboxError};
+use edgewise_core::{FileGrant, Grants, HostInterface};
+use edgewise_sandbox::{
+    ChatMessage, HostServices, InferenceOptions, LoadedComponent, NoServices, Sandbox,
+    SandboxConfig, SandboxError,
+};
 
 fn wasm(name: &str) -> PathBuf {
     edgewise_sandbox::built_guest(name).unwrap_or_else(|e| panic!("{e}"))
@@ -259,6 +262,7 @@ fn compiled_artifacts_are_cached_by_content_hash() {
         cache_dir: Some(cache.path().to_path_buf()),
         max_instances: 4,
         max_memory: 1 << 30,
+        ..SandboxConfig::default()
     };
     let first = Sandbox::new(config.clone()).unwrap();
     let calc = load(&first, "calc", Grants::default());
@@ -274,4 +278,114 @@ fn compiled_artifacts_are_cached_by_content_hash() {
         "2"
     );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+}
+
+/// A node whose `tools` service answers after `delay` (a cold model load, a slow tool); every
+/// other service says it has none.
+struct SlowTools {
+    delay: Duration,
+}
+
+impl HostServices for SlowTools {
+    fn call_tool(&self, name: &str, _: &str) -> Result<String, String> {
+        std::thread::sleep(self.delay);
+        Ok(format!("{name} answered"))
+    }
+    fn kv_get(&self, n: &str, k: &str) -> Result<Option<Vec<u8>>, String> {
+        NoServices.kv_get(n, k)
+    }
+    fn kv_set(&self, n: &str, k: &str, v: &[u8]) -> Result<(), String> {
+        NoServices.kv_set(n, k, v)
+    }
+    fn kv_delete(&self, n: &str, k: &str) -> Result<(), String> {
+        NoServices.kv_delete(n, k)
+    }
+    fn kv_keys(&self, n: &str) -> Result<Vec<String>, String> {
+        NoServices.kv_keys(n)
+    }
+    fn doc_get(&self, d: &str, k: &str) -> Result<Option<serde_json::Value>, String> {
+        NoServices.doc_get(d, k)
+    }
+    fn doc_set(&self, d: &str, k: &str, v: &serde_json::Value) -> Result<(), String> {
+        NoServices.doc_set(d, k, v)
+    }
+    fn doc_delete(&self, d: &str, k: &str) -> Result<(), String> {
+        NoServices.doc_delete(d, k)
+    }
+    fn doc_keys(&self, d: &str) -> Result<Vec<String>, String> {
+        NoServices.doc_keys(d)
+    }
+    fn chat(&self, m: &[ChatMessage], o: &InferenceOptions) -> Result<String, String> {
+        NoServices.chat(m, o)
+    }
+    fn generate(&self, p: &str, o: &InferenceOptions) -> Result<String, String> {
+        NoServices.generate(p, o)
+    }
+    fn embed(&self, t: &str) -> Result<Vec<f32>, String> {
+        NoServices.embed(t)
+    }
+    fn publish(&self, t: &str, p: &[u8]) -> Result<(), String> {
+        NoServices.publish(t, p)
+    }
+}
+
+/// The time limit counts the component's own work: a host call that takes three times the
+/// limit still finishes, while spinning past the limit is stopped; a host call that hangs past
+/// the host-call limit ends the call with an error naming the service.
+#[test]
+fn host_call_time_is_not_the_components_and_has_a_bound_of_its_own() {
+    let sb = Sandbox::new(SandboxConfig {
+        max_instances: 8,
+        max_memory: 1 << 30,
+        host_call_limit: Duration::from_millis(1500),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let grants = Grants {
+        interfaces: [HostInterface::Tools].into(),
+        time_limit: Some(Duration::from_millis(200)),
+        ..Grants::default()
+    };
+    let c = load(&sb, "misbehave", grants);
+    let slow = Arc::new(SlowTools {
+        delay: Duration::from_millis(600),
+    });
+    let t = Instant::now();
+    let out = c
+        .invoke("relay", r#"{"target": "slow_tool"}"#, slow.clone())
+        .unwrap_or_else(|e| panic!("a slow host call stopped the component: {e}"));
+    assert_eq!(out, "slow_tool answered");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Its own loop is still stopped at its limit.
+    let t = Instant::now();
+    let err = c.invoke("spin", "{}", slow).unwrap_err();
+    assert!(
+        matches!(err, SandboxError::Timeout { limit_ms: 200, .. }),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A service that hangs: the call ends at the host-call limit, not never.
+    let hung = Arc::new(SlowTools {
+        delay: Duration::from_secs(30),
+    });
+    let t = Instant::now();
+    let err = c
+        .invoke("relay", r#"{"target": "hung_tool"}"#, hung)
+        .unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(err, SandboxError::HostCallTimeout { limit_ms: 1500, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("tools.call"), "{err}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }

@@ -31,11 +31,14 @@ fn api_error(e: SandboxError) -> ApiError {
     let message = e.to_string();
     match e {
         E::NotInstalled { .. } | E::UnknownTool { .. } => ApiError::not_found(message),
-        E::Load { .. } | E::IncompatibleWit { .. } | E::WrongKind { .. } | E::Store { .. } => {
-            ApiError::unprocessable(message)
-        }
+        E::Load { .. }
+        | E::IncompatibleWit { .. }
+        | E::WrongKind { .. }
+        | E::Store { .. }
+        | E::GrantsWidened { .. }
+        | E::UnsignedFile { .. } => ApiError::unprocessable(message),
         E::ToolFailed { .. } => ApiError::unprocessable(message),
-        E::Timeout { .. } => ApiError {
+        E::Timeout { .. } | E::HostCallTimeout { .. } => ApiError {
             status: StatusCode::GATEWAY_TIMEOUT,
             ..ApiError::internal(message)
         },

@@ -36,8 +36,9 @@ pub enum ComponentCommand {
         #[arg(default_value = "{}")]
         args: String,
     },
-    /// Sign an installed component (name, sha256, size) with an ed25519 key from `models keygen`;
-    /// nodes with trusted_keys load only signed components.
+    /// Sign an installed component (name, sha256, size, and its manifest's grants and limits)
+    /// with an ed25519 key from `models keygen`; nodes with trusted_keys load only signed
+    /// components, and only with the grants that were signed.
     Sign {
         name: String,
         #[arg(long)]
