@@ -59,6 +59,7 @@ fn home_with_models_signed_by(key: &Path) -> tempfile::TempDir {
             &["models", "sign", &name, "--key", key.to_str().unwrap()],
         ));
     }
+    support::write_admin_token(home.path(), support::TEST_ADMIN_TOKEN);
     home
 }
 
