@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{edgewise, home, http, http_with, Serve, TEST_ADMIN_TOKEN};
+use support::{edgewise, home, http, http_with, write_config, Serve, TEST_ADMIN_TOKEN};
 
 /// A spec that registers on any node serving the default model, and runs a while.
 const SPEC: &str = r#"agent_id: "probe"
@@ -24,12 +23,6 @@ instructions: "Store the value '7' under the key 'shift' with kv_set, then answe
 limits:
   max_steps: 4
 "#;
-
-fn write_config(home: &Path, text: &str) -> std::path::PathBuf {
-    let path = home.join("config.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn node(config: &str) -> (tempfile::TempDir, Serve) {
     let home = home();

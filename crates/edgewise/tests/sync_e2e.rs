@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::{json, Value};
-use support::{free_port, home, http, http_with, Serve};
+use support::{free_port, home, http, http_with, write_config, Serve};
 
 fn json_of(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
     let (status, _, body) = http(port, method, path, body);
@@ -29,12 +27,6 @@ fn put(port: u16, path: &str, value: &str) {
 fn get(port: u16, path: &str) -> Option<String> {
     let (status, _, body) = http(port, "GET", path, "");
     (status == 200).then_some(body)
-}
-
-fn write_config(home: &Path, text: &str) -> std::path::PathBuf {
-    let path = home.join("config.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// A delta of one 384-d chunk, as another node's `kb export` would send it.

@@ -43,6 +43,13 @@ pub fn home() -> tempfile::TempDir {
     dir
 }
 
+/// Writes `text` as `home`'s config.yaml and returns its path.
+pub fn write_config(home: &Path, text: &str) -> PathBuf {
+    let path = home.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The binary under test on data dir `home`, without the caller's config. Configs may name
 /// `EDGEWISE_TEST_ADMIN_TOKEN` (e.g. `sync.api_key_env`) to reach another test node.
 pub fn edgewise(home: &Path) -> Command {
