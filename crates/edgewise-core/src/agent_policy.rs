@@ -22,6 +22,11 @@ pub struct AgentPolicy {
     /// `mcp+stdio` command lines a spec may start, compared word by word (shell quoting rules).
     /// Empty: no spec may start a process.
     pub mcp_commands: Vec<CommandLine>,
+    /// Of those, the command lines that keep the node's network when their agent has
+    /// `egress_allowed: false` (a server that talks to a device on the LAN). Every other MCP
+    /// server of such an agent runs in a network namespace of its own with only loopback, and is
+    /// refused where the node cannot create one.
+    pub mcp_commands_with_network: Vec<CommandLine>,
     /// Directories whose files a spec may grant (`root:` of file tools, `grants.files` of
     /// components); relative entries resolve against the data dir. A spec's own directory is
     /// also allowed when it lies under `<home>/agents`.
@@ -43,6 +48,7 @@ impl Default for AgentPolicy {
         Self {
             schemes: Scheme::ALL.to_vec(),
             mcp_commands: Vec::new(),
+            mcp_commands_with_network: Vec::new(),
             file_roots: vec![PathBuf::from("files")],
             unix_sockets: Vec::new(),
             mqtt_topics: vec!["alerts/#".into(), "agents/{agent}/#".into()],
@@ -203,6 +209,13 @@ fn key(parts: &[&str]) -> Vec<String> {
 
 impl AgentPolicy {
     /// The first thing `spec` asks for that this policy does not allow.
+    /// Whether the MCP server `command args` keeps the node's network under `egress_allowed: false`.
+    pub fn mcp_command_has_network(&self, command: &str, args: &[String]) -> bool {
+        self.mcp_commands_with_network
+            .iter()
+            .any(|c| c.0.split_first() == Some((&command.to_owned(), args)))
+    }
+
     pub fn check(&self, spec: &AgentSpec, scope: &PolicyScope<'_>) -> Result<(), Violation> {
         if spec.workflow_policy.egress_allowed && !self.allow_egress {
             return Err(Violation {

@@ -26,19 +26,39 @@ pub struct McpTool {
     timeout: Duration,
 }
 
+/// Which network an MCP server process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The node's own (the agent may send data out, or the node trusts this command with it).
+    Node,
+    /// None but the process's own loopback (a network namespace of its own).
+    LoopbackOnly,
+}
+
 /// Starts the server (working directory `dir`), completes the MCP handshake and lists its tools.
 pub async fn connect(
     command: &str,
     args: &[String],
     dir: &Path,
+    network: Network,
     timeout: Duration,
 ) -> Result<Vec<Arc<dyn Tool>>, String> {
     let mut cmd = tokio::process::Command::new(command);
     cmd.args(args).current_dir(dir);
+    let marker = (network == Network::LoopbackOnly).then(|| super::netns::isolate(&mut cmd));
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start '{command}': {e}"))?;
+        .map_err(|e| match &marker {
+            Some(m) => m.classify(e),
+            None => Ok(e),
+        })
+        .map_err(|e| match e {
+            Err(super::netns::NamespaceUnavailable(e)) => format!(
+                "cannot start '{command}' without network, as egress_allowed: false requires: this node cannot create a network namespace ({e}); to run it with the node's network, list it in agent_policy.mcp_commands_with_network in config.yaml"
+            ),
+            Ok(e) => format!("cannot start '{command}': {e}"),
+        })?;
     let client = tokio::time::timeout(timeout, ().serve(transport))
         .await
         .map_err(|_| format!("'{command}' did not complete the MCP handshake within {timeout:?}"))?

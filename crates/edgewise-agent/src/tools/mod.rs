@@ -5,6 +5,7 @@ mod http;
 mod knowledge;
 mod mcp;
 mod mqtt;
+mod netns;
 mod unix;
 pub mod wasm;
 
@@ -153,6 +154,7 @@ impl ToolRegistry {
                     command,
                     args,
                     &ctx.spec_dir,
+                    mcp_network(ctx, command, args),
                     cap.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 )
                 .await
@@ -244,6 +246,18 @@ impl ToolRegistry {
             )));
         }
         reg.tool.call(args.clone()).await
+    }
+}
+
+/// An MCP server is a process the node cannot watch socket by socket: under `egress_allowed:
+/// false` it gets no network at all, unless the operator trusts that command line with the
+/// node's (`agent_policy.mcp_commands_with_network`, e.g. a server that talks to a PLC).
+fn mcp_network(ctx: &ToolContext, command: &str, args: &[String]) -> mcp::Network {
+    let policy = &ctx.config.agent_policy;
+    if ctx.egress.egress_allowed || policy.mcp_command_has_network(command, args) {
+        mcp::Network::Node
+    } else {
+        mcp::Network::LoopbackOnly
     }
 }
 
