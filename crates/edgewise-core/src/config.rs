@@ -92,6 +92,46 @@ pub struct NodeLimits {
     pub concurrent_runs_per_agent: usize,
     /// `/v1/embeddings` requests computed at once.
     pub concurrent_embeddings: usize,
+    /// Open HTTP connections; a connection beyond them is answered 503 and closed.
+    #[serde(deserialize_with = "at_least_one")]
+    pub connections: usize,
+    /// How long a client has to send a request's head (line and headers); also how long a
+    /// kept-alive connection may sit idle. Slow clients cannot hold connections open.
+    #[serde(
+        deserialize_with = "http_timeout",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub request_head_timeout: std::time::Duration,
+    /// The longest pause between two pieces of a request body.
+    #[serde(
+        deserialize_with = "http_timeout",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub request_body_timeout: std::time::Duration,
+}
+
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// 100 ms to 1 hour: shorter cuts off real clients, longer lets idle ones pile up.
+fn http_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let t: std::time::Duration = humantime_serde::deserialize(d)?;
+    let (lo, hi) = (
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(3600),
+    );
+    if t < lo || t > hi {
+        return Err(serde::de::Error::custom(format!(
+            "{} is outside 100ms..1h",
+            humantime::format_duration(t)
+        )));
+    }
+    Ok(t)
 }
 
 impl Default for NodeLimits {
@@ -100,6 +140,9 @@ impl Default for NodeLimits {
             concurrent_runs: 16,
             concurrent_runs_per_agent: 4,
             concurrent_embeddings: 4,
+            connections: 256,
+            request_head_timeout: std::time::Duration::from_secs(10),
+            request_body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -397,6 +440,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("does not parse"), "{msg}");
+    }
+
+    #[test]
+    fn connection_limits_out_of_bounds_are_reported_with_their_position() {
+        let text = "limits:\n  request_head_timeout: 0s\n";
+        let e = NodeConfig::parse(text, Path::new("config.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.yaml:2:") && e.contains("outside 100ms..1h"),
+            "{e}"
+        );
+        let text = "limits:\n  connections: 0\n";
+        let e = NodeConfig::parse(text, Path::new("config.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.yaml:2:") && e.contains("at least 1"),
+            "{e}"
+        );
+        let text = "limits:\n  request_body_timeout: 2m\n";
+        let c = NodeConfig::parse(text, Path::new("config.yaml")).unwrap();
+        assert_eq!(
+            c.limits.request_body_timeout,
+            std::time::Duration::from_secs(120)
+        );
     }
 
     #[test]

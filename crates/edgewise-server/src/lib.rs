@@ -10,6 +10,7 @@ pub mod broker;
 mod components;
 mod embeddings;
 mod error;
+mod listen;
 pub mod mesh;
 mod mesh_runs;
 mod metrics;
@@ -53,6 +54,8 @@ pub struct Inner {
     /// `/v1/embeddings` requests computed at once (`limits.concurrent_embeddings`).
     pub(crate) embedding_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) metrics: metrics::HttpMetrics,
+    pub(crate) connections: Arc<listen::ConnectionMetrics>,
+    pub(crate) limits: edgewise_core::NodeLimits,
 }
 
 impl std::ops::Deref for AppState {
@@ -82,6 +85,8 @@ impl AppState {
                     limits.concurrent_embeddings.max(1),
                 )),
                 metrics: metrics::HttpMetrics::default(),
+                connections: Arc::default(),
+                limits: limits.clone(),
             }),
             context_per_request,
             agents: None,
@@ -225,6 +230,9 @@ pub fn router(state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(8 << 20))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.limits.request_body_timeout,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -263,16 +271,9 @@ pub async fn serve(state: AppState, listen: &str) -> anyhow::Result<()> {
             hub.cancel_all(std::time::Duration::from_secs(10)).await;
         }
     };
-    // No Nagle: streamed answers (SSE tokens, offloaded bodies) are many small writes, and a
-    // client that delays its ACKs would otherwise see each held back by up to 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.limits.clone();
+    let metrics = state.connections.clone();
+    listen::serve_connections(listener, router(state), &limits, metrics, shutdown).await;
     Ok(())
 }
 

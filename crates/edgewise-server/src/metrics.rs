@@ -40,6 +40,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         );
     };
     metric(
+        "edgewise_http_connections_open",
+        "gauge",
+        "HTTP connections open now (at most limits.connections).",
+        state
+            .connections
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    metric(
+        "edgewise_http_connections_refused_total",
+        "counter",
+        "HTTP connections answered 503 because limits.connections were open.",
+        state
+            .connections
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    metric(
         "edgewise_inference_requests_total",
         "counter",
         "Generation requests admitted to the engine.",

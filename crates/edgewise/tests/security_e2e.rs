@@ -415,3 +415,98 @@ fn an_embedding_slot_stays_taken_when_its_client_disconnects() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Slow and idle clients cannot hold the node's sockets: connections beyond `limits.connections`
+/// are answered 503 at once, and a connection that does not finish a request head (slowloris),
+/// or idles after one, is closed after `limits.request_head_timeout`.
+#[test]
+fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let (_home, node) = node(
+        "mqtt_listen: \"\"\nlimits:\n  connections: 4\n  request_head_timeout: 1s\n  request_body_timeout: 1s\n",
+    );
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    let metrics = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TEST_ADMIN_TOKEN}\r\n\r\n"
+    );
+    // A kept-alive connection that saw itself as the only one open (the start-up probes'
+    // connections have closed) keeps one slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept_alive = loop {
+        let mut c = connect();
+        c.write_all(metrics.as_bytes()).unwrap();
+        let (status, head) = head_of(&mut c);
+        assert_eq!(status, 200, "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        let body_start = head.find("\r\n\r\n").unwrap() + 4;
+        let mut body = head.as_bytes()[body_start..].to_vec();
+        let mut rest = vec![0; length - body.len()];
+        c.read_exact(&mut rest).unwrap();
+        body.extend(rest);
+        if String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l == "edgewise_http_connections_open 1")
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "other connections stay open");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Three clients that never finish their request heads take the other slots.
+    let slow: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = connect();
+            c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // A fifth is answered at once, not queued behind them.
+    let mut fifth = connect();
+    let _ = fifth.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let (status, head) = head_of(&mut fifth);
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("Retry-After: 1"), "{head}");
+    // Within the head timeout each is cut off, the slow ones mid-head and the kept-alive one
+    // idle (well before our own 10 s read timeout).
+    for mut c in slow.into_iter().chain([kept_alive]) {
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest);
+        assert!(
+            read.is_ok(),
+            "a client still holds its connection: {read:?}"
+        );
+    }
+    // The node serves again, and counted the refusal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = http(node.port, "GET", "/metrics", "");
+        if status == 200 {
+            assert!(
+                body.contains("edgewise_http_connections_refused_total 1"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node does not serve again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A body that stops arriving is answered (and its connection freed) after the body timeout.
+    let mut stalled = connect();
+    stalled
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":",
+        )
+        .unwrap();
+    let (status, head) = head_of(&mut stalled);
+    assert!(status == 408 || status == 400, "{head}");
+}
