@@ -25,6 +25,23 @@ def reach(port: int) -> str:
         return f"unreachable: {e}"
 
 @mcp.tool()
+def escape(port: int) -> str:
+    """Tries to join the node's network namespace (as root could), then connects to 127.0.0.1:port."""
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    tried = []
+    for pid in (os.getppid(), 1):
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError as e:
+            tried.append(f"open {pid}: {e.strerror}")
+            continue
+        if libc.setns(fd, 0x40000000) != 0:
+            tried.append(f"setns {pid}: {os.strerror(ctypes.get_errno())}")
+        os.close(fd)
+    return "; ".join(tried) + " / " + reach(port)
+
+@mcp.tool()
 def interfaces() -> str:
     """The network interfaces this process sees."""
     return ",".join(sorted(name for _, name in socket.if_nameindex()))
@@ -112,6 +129,17 @@ async fn an_mcp_server_of_an_agent_without_egress_has_only_its_own_loopback() {
     assert!(
         !arrived(&node_service),
         "the isolated server reached the node's loopback"
+    );
+    // Not even by joining the node's namespace, which a child root in the node's user namespace
+    // could do.
+    let escape = isolated
+        .call("escape", &json!({ "port": port }))
+        .await
+        .unwrap();
+    assert!(escape.contains("unreachable"), "{escape}");
+    assert!(
+        !arrived(&node_service),
+        "the server escaped its namespace: {escape}"
     );
     let interfaces = isolated.call("interfaces", &json!({})).await.unwrap();
     assert!(

@@ -93,8 +93,11 @@ pub struct NodeLimits {
     /// `/v1/embeddings` requests computed at once.
     pub concurrent_embeddings: usize,
     /// Open HTTP connections; a connection beyond them is answered 503 and closed.
-    #[serde(deserialize_with = "at_least_one")]
+    #[serde(deserialize_with = "connection_count")]
     pub connections: usize,
+    /// Open HTTP connections from any one address (a LAN host cannot take every slot).
+    #[serde(deserialize_with = "connection_count")]
+    pub connections_per_client: usize,
     /// How long a client has to send a request's head (line and headers); also how long a
     /// kept-alive connection may sit idle. Slow clients cannot hold connections open.
     #[serde(
@@ -102,18 +105,26 @@ pub struct NodeLimits {
         serialize_with = "humantime_serde::serialize"
     )]
     pub request_head_timeout: std::time::Duration,
-    /// The longest pause between two pieces of a request body.
+    /// How long a request body may take to arrive, from the end of its head; a body still
+    /// arriving then is refused (a client trickling a byte at a time holds nothing for long).
     #[serde(
         deserialize_with = "http_timeout",
         serialize_with = "humantime_serde::serialize"
     )]
     pub request_body_timeout: std::time::Duration,
+    /// How long a response write may make no progress (a client that stops reading) before
+    /// the connection is closed.
+    #[serde(
+        deserialize_with = "http_timeout",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub send_timeout: std::time::Duration,
 }
 
-fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+fn connection_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let n = usize::deserialize(d)?;
-    if n == 0 {
-        return Err(serde::de::Error::custom("must be at least 1"));
+    if !(1..=65536).contains(&n) {
+        return Err(serde::de::Error::custom(format!("{n} is outside 1..65536")));
     }
     Ok(n)
 }
@@ -141,8 +152,10 @@ impl Default for NodeLimits {
             concurrent_runs_per_agent: 4,
             concurrent_embeddings: 4,
             connections: 256,
+            connections_per_client: 64,
             request_head_timeout: std::time::Duration::from_secs(10),
-            request_body_timeout: std::time::Duration::from_secs(30),
+            request_body_timeout: std::time::Duration::from_secs(60),
+            send_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

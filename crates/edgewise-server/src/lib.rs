@@ -230,8 +230,9 @@ pub fn router(state: AppState) -> Router {
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(8 << 20))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            state.limits.request_body_timeout,
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            listen::body_deadline,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

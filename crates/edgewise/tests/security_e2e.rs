@@ -416,21 +416,35 @@ fn an_embedding_slot_stays_taken_when_its_client_disconnects() {
     }
 }
 
-/// Slow and idle clients cannot hold the node's sockets: connections beyond `limits.connections`
-/// are answered 503 at once, and a connection that does not finish a request head (slowloris),
-/// or idles after one, is closed after `limits.request_head_timeout`.
+/// A connection to the node from the loopback address `from` (127.0.0.x: another client).
+fn connect_from(from: [u8; 4], port: u16) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let c: std::net::TcpStream = socket.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// Slow, idle and greedy clients cannot hold the node's sockets: connections beyond
+/// `limits.connections` (or beyond `limits.connections_per_client` from one address) are answered
+/// 503 at once; a connection that does not finish a request head (slowloris), or idles after
+/// one, is closed after `limits.request_head_timeout`; a body must arrive within
+/// `limits.request_body_timeout`, trickled or not; a client that stops reading its answers is
+/// cut off after `limits.send_timeout`.
 #[test]
-fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
+fn slow_idle_and_greedy_clients_cannot_hold_the_nodes_connections() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     let (_home, node) = node(
-        "mqtt_listen: \"\"\nlimits:\n  connections: 4\n  request_head_timeout: 1s\n  request_body_timeout: 1s\n",
+        "mqtt_listen: \"\"\nlimits:\n  connections: 6\n  connections_per_client: 4\n  request_head_timeout: 1s\n  request_body_timeout: 1s\n  send_timeout: 1s\n",
     );
-    let connect = || {
-        let c = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c
-    };
+    let from = |ip: [u8; 4]| connect_from(ip, node.port);
     let metrics = format!(
         "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TEST_ADMIN_TOKEN}\r\n\r\n"
     );
@@ -438,7 +452,7 @@ fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
     // connections have closed) keeps one slot.
     let deadline = Instant::now() + Duration::from_secs(10);
     let kept_alive = loop {
-        let mut c = connect();
+        let mut c = from([127, 0, 0, 1]);
         c.write_all(metrics.as_bytes()).unwrap();
         let (status, head) = head_of(&mut c);
         assert_eq!(status, 200, "{head}");
@@ -461,24 +475,30 @@ fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
         assert!(Instant::now() < deadline, "other connections stay open");
         std::thread::sleep(Duration::from_millis(50));
     };
-    // Three clients that never finish their request heads take the other slots.
-    let slow: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut c = connect();
-            c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
-                .unwrap();
-            c
-        })
-        .collect();
-    // A fifth is answered at once, not queued behind them.
-    let mut fifth = connect();
-    let _ = fifth.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    let (status, head) = head_of(&mut fifth);
-    assert_eq!(status, 503, "{head}");
-    assert!(head.contains("Retry-After: 1"), "{head}");
+    let slow_from = |ip: [u8; 4]| {
+        let mut c = from(ip);
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+            .unwrap();
+        c
+    };
+    let refused = |ip: [u8; 4]| {
+        let mut c = from(ip);
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let (status, head) = head_of(&mut c);
+        assert_eq!(status, 503, "{head}");
+        assert!(head.contains("Retry-After: 1"), "{head}");
+    };
+    // Clients that never finish their request heads: 127.0.0.1 takes its four slots, and a fifth
+    // connection from it is answered at once, not queued ...
+    let mut held: Vec<TcpStream> = (0..3).map(|_| slow_from([127, 0, 0, 1])).collect();
+    held.push(kept_alive);
+    refused([127, 0, 0, 1]);
+    // ... while another address is still served, until the node's six are taken.
+    held.extend((0..2).map(|_| slow_from([127, 0, 0, 2])));
+    refused([127, 0, 0, 3]);
     // Within the head timeout each is cut off, the slow ones mid-head and the kept-alive one
     // idle (well before our own 10 s read timeout).
-    for mut c in slow.into_iter().chain([kept_alive]) {
+    for mut c in held {
         let mut rest = Vec::new();
         let read = c.read_to_end(&mut rest);
         assert!(
@@ -486,13 +506,13 @@ fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
             "a client still holds its connection: {read:?}"
         );
     }
-    // The node serves again, and counted the refusal.
+    // The node serves again, and counted the refusals.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _, body) = http(node.port, "GET", "/metrics", "");
         if status == 200 {
             assert!(
-                body.contains("edgewise_http_connections_refused_total 1"),
+                body.contains("edgewise_http_connections_refused_total 2"),
                 "{body}"
             );
             break;
@@ -500,13 +520,60 @@ fn slow_and_idle_clients_cannot_hold_the_nodes_connections() {
         assert!(Instant::now() < deadline, "the node does not serve again");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A body that stops arriving is answered (and its connection freed) after the body timeout.
-    let mut stalled = connect();
-    stalled
-        .write_all(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":",
-        )
-        .unwrap();
+    // A body that stops arriving, or arrives a byte at a time, is answered once the body
+    // timeout has passed, while its client is still sending.
+    let body_head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let mut stalled = from([127, 0, 0, 1]);
+    stalled.write_all(body_head).unwrap();
+    stalled.write_all(b"{\"model\":").unwrap();
     let (status, head) = head_of(&mut stalled);
     assert!(status == 408 || status == 400, "{head}");
+    let mut trickled = from([127, 0, 0, 1]);
+    trickled.write_all(body_head).unwrap();
+    let mut writer = trickled.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        for _ in 0..60 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (status, head) = head_of(&mut trickled);
+    assert!(
+        status == 408 || status == 400,
+        "a trickled body is still read: {head}"
+    );
+    assert!(!sending.is_finished() || status != 0);
+    drop(trickled);
+    // A client that sends requests but never reads the answers is cut off once the node's
+    // writes stall, instead of holding the connection and the node's buffers.
+    let greedy = from([127, 0, 0, 1]);
+    let small: libc::c_int = 4096;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&greedy);
+    // SAFETY: a plain setsockopt on a socket this test owns.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut greedy = greedy;
+    let requests = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(1000);
+    let cut_off = (0..200).find_map(|_| greedy.write_all(&requests).err());
+    let kind = cut_off.map(|e| e.kind());
+    assert!(
+        matches!(
+            kind,
+            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+        ),
+        "a client that reads nothing still holds its connection: {kind:?}"
+    );
+    let _ = sending.join();
 }

@@ -5,11 +5,13 @@
 //! Hand-written (a few system calls in the forked child) because the crates that wrap namespaces
 //! either allocate after `fork` or bring a whole container runtime.
 //!
-//! As root the child unshares its network namespace; otherwise (or where that is refused) it
-//! first enters a new user namespace that maps only its own uid and gid, which unprivileged users
-//! may do where the kernel allows it. Where neither works the spawn fails with
-//! [`NamespaceUnavailable`], so the caller can refuse the command instead of running it with the
-//! node's network.
+//! The child enters a new user namespace (mapping only its own uid and gid) together with the
+//! new network namespace, root included: a root child that unshared only the network namespace
+//! would keep its capabilities over the node's, and one `setns` on `/proc/<node>/ns/net` would
+//! take it back. In its own user namespace it has no capability over anything of the node's.
+//! It also gets `no_new_privs`, so no setuid program gives them back. Where the kernel refuses
+//! user namespaces the spawn fails with [`NamespaceUnavailable`], so the caller can refuse the
+//! command instead of running it with the node's network.
 
 use std::io;
 
@@ -116,11 +118,11 @@ struct Maps {
     gid: Vec<u8>,
 }
 
-/// In the forked child: a new network namespace, through a new user namespace if need be.
+/// In the forked child: new user and network namespaces, and no way to gain privileges.
 #[cfg(target_os = "linux")]
 fn enter_namespace(maps: &Maps) -> io::Result<()> {
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
-        return Ok(());
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
