@@ -41,13 +41,23 @@ impl Conversation {
         }
     }
 
-    /// The model's own text is kept verbatim so the next prompt extends this one token for token
-    /// and the KV cache of the whole conversation is reused.
-    pub fn push_turn(&mut self, output: &str, tool: &str, observation: &str) {
+    /// The model's turn that held `calls`, then each call's observation in order. The model's
+    /// own text is kept verbatim so the next prompt extends this one token for token and the KV
+    /// cache of the whole conversation is reused.
+    pub fn push_calls(&mut self, output: &str, calls: &[(String, String)]) {
         self.turns
             .push(json!({"role": "assistant", "content": output}));
+        for (tool, observation) in calls {
+            self.turns
+                .push(json!({"role": "tool", "name": tool, "content": observation}));
+        }
+    }
+
+    /// The model's turn, then what the runtime says about it (an answer it refused).
+    pub fn push_feedback(&mut self, output: &str, note: &str) {
         self.turns
-            .push(json!({"role": "tool", "name": tool, "content": observation}));
+            .push(json!({"role": "assistant", "content": output}));
+        self.turns.push(json!({"role": "user", "content": note}));
     }
 
     pub fn task(&self) -> &str {
@@ -153,7 +163,10 @@ mod tests {
         ];
         let mut c = Conversation::new("sys".into(), history, "the task".into());
         for i in 0..turns {
-            c.push_turn(&format!("call {i}"), "read_file", &format!("result {i}"));
+            c.push_calls(
+                &format!("call {i}"),
+                &[("read_file".to_owned(), format!("result {i}"))],
+            );
         }
         c
     }
@@ -195,8 +208,8 @@ mod tests {
     #[test]
     fn long_messages_are_cut_in_the_request() {
         let mut c = conversation(0);
-        c.push_turn("x", "read_file", &"word ".repeat(1000));
-        c.push_turn("y", "read_file", "short");
+        c.push_calls("x", &[("read_file".to_owned(), "word ".repeat(1000))]);
+        c.push_calls("y", &[("read_file".to_owned(), "short".to_owned())]);
         let fold = c.fold(true).expect("fold");
         let req = summary_request("t", &fold, 50, 100);
         let body = req[1]["content"].as_str().unwrap_or_default();

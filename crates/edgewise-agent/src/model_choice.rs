@@ -13,12 +13,13 @@ pub struct ModelChoice {
     pub warning: Option<String>,
 }
 
-/// `is_catalog_name` tells whether a string names a catalog entry (installed or pullable).
+/// `is_model_name` tells whether a string names a model of the node (a catalog entry, or a
+/// model installed under that name).
 pub fn choose_model(
     spec: &AgentSpec,
     config: &NodeConfig,
     task_type: Option<&str>,
-    is_catalog_name: impl Fn(&str) -> bool,
+    is_model_name: impl Fn(&str) -> bool,
 ) -> Result<ModelChoice, String> {
     let plain = |model: &str| ModelChoice {
         model: model.to_owned(),
@@ -35,7 +36,7 @@ pub fn choose_model(
     let Some(wanted) = spec.model_config.path.as_deref() else {
         return Ok(plain(&config.default_model));
     };
-    if is_catalog_name(wanted) || Path::new(wanted).is_file() {
+    if is_model_name(wanted) || Path::new(wanted).is_file() {
         return Ok(plain(wanted));
     }
     Ok(ModelChoice {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use edgewise_core::{AgentSpec, AuditContent, SamplingParams};
 use edgewise_infer::{
-    grammar::describe_tools_for_prompt, parse_tool_calls, tool_call_grammar, Completion, Engine,
-    Event, GenerateRequest, InferError, ToolChoice,
+    grammar::describe_tools_for_prompt, parse_tool_calls, tool_calls_grammar, Completion, Engine,
+    Event, GenerateRequest, InferError, ToolCall, ToolChoice, MAX_PARALLEL_CALLS,
 };
 use edgewise_store::{sha256_hex, AuditLog, AuditRecord, Kv};
 use serde::{Deserialize, Serialize};
@@ -277,7 +277,7 @@ impl Agent {
     fn system_prompt(&self) -> String {
         let mut s = self.spec.instructions.clone().unwrap_or_else(|| {
             format!(
-                "You are {}, an autonomous agent on an edge node. You see and change the world only through your tools: call one tool at a time and read its result. When the task is done, give a short final answer.",
+                "You are {}, an autonomous agent on an edge node. You see and change the world only through your tools. Read each tool result carefully and copy names and numbers exactly as they appear in it. When the task is done, give a short final answer that says what you found and what you did, with those names and numbers.",
                 self.spec.agent_id
             )
         });
@@ -462,15 +462,23 @@ impl Agent {
                 return Ok(());
             }
         };
-        let mut conversation =
-            Conversation::new(self.system_prompt(), self.history()?, task_with_passages);
         let tools_json = self.tools.openai_tools();
         let all_tools = self.tools.specs();
+        // What values in calls and the answer may come from: all the model is shown.
+        let guard = spec.workflow_policy.grounding == edgewise_core::Switch::On;
+        let mut ground = crate::grounding::Grounding::default();
+        ground.add(&self.system_prompt());
+        ground.add(&task_with_passages);
+        for tool in &tools_json {
+            ground.add(&tool.to_string());
+        }
+        let mut conversation =
+            Conversation::new(self.system_prompt(), self.history()?, task_with_passages);
         let mut calls_by_tool: BTreeMap<String, u32> = BTreeMap::new();
         let mut total_calls = 0u32;
         let mut failures = 0u32;
-        // Successful calls of this run: (tool, arguments, step).
-        let mut done_calls: Vec<(String, Value, u32)> = Vec::new();
+        // Successful calls of this run: (tool, arguments, observation).
+        let mut done_calls: Vec<(String, Value, String)> = Vec::new();
         let mut must_answer = false;
         let mut repeats = 0u32;
         // A tool the model called again verbatim is left out of the grammar for the rest of the
@@ -515,6 +523,10 @@ impl Agent {
             } else {
                 ToolChoice::Auto
             };
+            // When the runtime, not the model, ends the calls (repeats, budgets), the answer is
+            // written from the run's record in a fresh context: a small model cut off mid-plan
+            // in its own conversation writes a fragment of that plan ("Yes", a call as text).
+            let compose = choice == ToolChoice::None && total_calls > 0;
             let grammar_tools = if offered.is_empty() {
                 &all_tools
             } else {
@@ -529,13 +541,17 @@ impl Agent {
                 record.error = Some(format!("step {step}: {message}"));
                 return Ok(());
             }
-            let messages = conversation.messages();
+            let messages = if compose {
+                answer_request(conversation.task(), &record.steps)
+            } else {
+                conversation.messages()
+            };
             let started = Instant::now();
             let gen = match self
                 .generate_step(
                     &messages,
-                    &tools_json,
-                    grammar_tools,
+                    if compose { &[] } else { &tools_json },
+                    if compose { &[] } else { grammar_tools },
                     &choice,
                     opts.constrained,
                     seed.wrapping_add(step),
@@ -573,86 +589,184 @@ impl Agent {
             };
             let prompt_sha = sha256_hex(prompt.as_bytes());
 
-            let Some(call) = calls.into_iter().next() else {
+            if calls.is_empty() {
+                if let Some(refusal) = guard.then(|| ground.check_text(&content).err()).flatten() {
+                    let hint = refusal.hint();
+                    rec.decision = "ungrounded".into();
+                    rec.observation = hint.clone();
+                    self.finish_step(
+                        record,
+                        rec,
+                        &prompt_sha,
+                        Some(format!("answer refused: {} was never shown", refusal.value)),
+                        emit,
+                    )?;
+                    failures += 1;
+                    if failures > spec.workflow_policy.max_retries {
+                        record.status = RunStatus::Failed;
+                        record.error = Some(format!(
+                            "{failures} refused or failed steps (workflow_policy.max_retries is {}); last: {hint}",
+                            spec.workflow_policy.max_retries
+                        ));
+                        return Ok(());
+                    }
+                    conversation.push_feedback(&output, &hint);
+                    continue;
+                }
                 rec.decision = "answer".into();
                 rec.observation = content.clone();
                 self.finish_step(record, rec, &prompt_sha, None, emit)?;
                 record.status = RunStatus::Completed;
                 record.answer = Some(content);
                 return Ok(());
-            };
+            }
 
-            let tool_started = Instant::now();
-            let within_budget = available.iter().any(|t| t.name == call.name);
-            let repeat_of = done_calls
-                .iter()
-                .any(|(n, a, _)| *n == call.name && *a == call.arguments);
-            if repeat_of && !must_answer {
-                // A call identical to one that already worked is not executed again (small models
-                // loop here, and side effects must not repeat). The first time the model is told to
-                // move on; the second time it has run out of actions and must answer.
-                repeats += 1;
-                must_answer = repeats >= 2;
-                looping_on.insert(call.name.clone());
-                let observation = if must_answer {
-                    "This call was already made and its result is above. Give your final answer now."
-                } else {
-                    "This call was already made and its result is above. Use that result: call a different tool, or answer."
+            // The turn's calls are decided in the order the model wrote them (repeats, grounding,
+            // budgets), the admitted ones run concurrently, and every result is recorded and
+            // shown in that order.
+            let mut verdicts: Vec<(ToolCall, Verdict)> = Vec::new();
+            let mut admitted_now: BTreeMap<String, u32> = BTreeMap::new();
+            for call in calls {
+                if verdicts
+                    .iter()
+                    .any(|(c, _)| c.name == call.name && c.arguments == call.arguments)
+                {
+                    continue; // the same call twice in one turn runs once
                 }
-                .to_owned();
-                rec.decision = "repeat".into();
+                let earlier = done_calls
+                    .iter()
+                    .find(|(n, a, _)| *n == call.name && *a == call.arguments)
+                    .or_else(|| {
+                        // A call whose arguments restate the tool's own last result ("publish
+                        // 'delivered to alerts'") is a small model's echo, not an action.
+                        done_calls
+                            .iter()
+                            .rev()
+                            .find(|(n, _, _)| *n == call.name)
+                            .filter(|(_, _, result)| echoes(&call.arguments, result))
+                    })
+                    .map(|(_, _, observation)| observation.clone());
+                let verdict = if let Some(earlier) = earlier.filter(|_| !must_answer) {
+                    // A call identical to one that already worked is not executed again (small
+                    // models loop here, and side effects must not repeat). The model sees that
+                    // call's result again, not an instruction: small models echo instructions
+                    // as their answer. The tool leaves the grammar; after a second repeat the
+                    // model must answer.
+                    repeats += 1;
+                    must_answer = repeats >= 2;
+                    looping_on.insert(call.name.clone());
+                    Verdict::Repeat(earlier)
+                } else if let Some(refusal) = guard
+                    .then(|| self.tools.grounding_free_arguments(&call.name))
+                    .flatten()
+                    .and_then(|free| ground.check_arguments(&call.arguments, &free).err())
+                {
+                    Verdict::Ungrounded(refusal)
+                } else {
+                    let used = calls_by_tool.get(&call.name).copied().unwrap_or(0)
+                        + admitted_now.get(&call.name).copied().unwrap_or(0);
+                    let budget = limits.tool_budgets.get(&call.name).copied();
+                    let total = total_calls + admitted_now.values().sum::<u32>();
+                    let known = all_tools.iter().any(|t| t.name == call.name);
+                    if known
+                        && (total >= limits.max_tool_calls || budget.is_some_and(|b| used >= b))
+                    {
+                        Verdict::OverBudget
+                    } else {
+                        *admitted_now.entry(call.name.clone()).or_default() += 1;
+                        Verdict::Run
+                    }
+                };
+                verdicts.push((call, verdict));
+            }
+            let runs = verdicts.iter().map(|(call, verdict)| {
+                let span = span.clone();
+                async move {
+                    if !matches!(verdict, Verdict::Run) {
+                        return None;
+                    }
+                    let started = Instant::now();
+                    let result = self
+                        .tools
+                        .call(&call.name, &call.arguments)
+                        .instrument(span)
+                        .await;
+                    Some((result, started.elapsed().as_secs_f64() * 1000.0))
+                }
+            });
+            let results = futures::future::join_all(runs).await;
+
+            let mut shown = Vec::new();
+            let mut last_failure = String::new();
+            for ((call, verdict), result) in verdicts.into_iter().zip(results) {
+                let mut rec = rec.clone();
                 rec.tool = Some(call.name.clone());
                 rec.arguments = Some(call.arguments.clone());
-                rec.observation = observation.clone();
-                self.finish_step(
-                    record,
-                    rec,
-                    &prompt_sha,
-                    Some("identical to an earlier successful call; not executed".into()),
-                    emit,
-                )?;
-                conversation.push_turn(&output, &call.name, &observation);
-                continue;
-            }
-            let result = if !within_budget && all_tools.iter().any(|t| t.name == call.name) {
-                Err(ToolError::Refused(format!(
-                    "the call budget for '{}' is spent in this run",
-                    call.name
-                )))
-            } else {
-                self.tools
-                    .call(&call.name, &call.arguments)
-                    .instrument(span.clone())
-                    .await
-            };
-            rec.tool_ms = tool_started.elapsed().as_secs_f64() * 1000.0;
-            rec.tool = Some(call.name.clone());
-            rec.arguments = Some(call.arguments.clone());
-            let (decision, observation) = match &result {
-                Ok(out) => ("call", out.clone()),
-                Err(e @ ToolError::Refused(_)) => ("refused", format!("error: {e}")),
-                Err(e @ ToolError::Failed(_)) => ("tool_error", format!("error: {e}")),
-            };
-            rec.decision = decision.into();
-            rec.observation = observation.clone();
-            self.finish_step(record, rec, &prompt_sha, None, emit)?;
-
-            if result.is_ok() {
-                done_calls.push((call.name.clone(), call.arguments.clone(), step));
-                total_calls += 1;
-                *calls_by_tool.entry(call.name.clone()).or_default() += 1;
-            } else {
-                failures += 1;
-                if failures > spec.workflow_policy.max_retries {
-                    record.status = RunStatus::Failed;
-                    record.error = Some(format!(
-                        "{failures} failed tool calls (workflow_policy.max_retries is {}); last: {observation}",
-                        spec.workflow_policy.max_retries
-                    ));
-                    return Ok(());
+                let (decision, observation, detail) = match (verdict, result) {
+                    (Verdict::Repeat(earlier), _) => (
+                        "repeat",
+                        earlier,
+                        Some("identical to an earlier successful call; not executed".to_owned()),
+                    ),
+                    (Verdict::Ungrounded(refusal), _) => (
+                        "ungrounded",
+                        refusal.hint(),
+                        Some(format!("call refused: {} was never shown", refusal.value)),
+                    ),
+                    (Verdict::OverBudget, _) => (
+                        "refused",
+                        format!(
+                            "error: {}",
+                            ToolError::Refused(format!(
+                                "the call budget for '{}' is spent in this run",
+                                call.name
+                            ))
+                        ),
+                        None,
+                    ),
+                    (Verdict::Run, Some((result, tool_ms))) => {
+                        rec.tool_ms = tool_ms;
+                        match result {
+                            Ok(out) => {
+                                let observation = self.tools.observation(&call.name, &out);
+                                done_calls.push((
+                                    call.name.clone(),
+                                    call.arguments.clone(),
+                                    observation.clone(),
+                                ));
+                                total_calls += 1;
+                                *calls_by_tool.entry(call.name.clone()).or_default() += 1;
+                                ("call", observation, None)
+                            }
+                            Err(e @ ToolError::Refused(_)) => {
+                                ("refused", format!("error: {e}"), None)
+                            }
+                            Err(e @ ToolError::Failed(_)) => {
+                                ("tool_error", format!("error: {e}"), None)
+                            }
+                        }
+                    }
+                    (Verdict::Run, None) => unreachable!("every admitted call ran"),
+                };
+                if matches!(decision, "ungrounded" | "refused" | "tool_error") {
+                    failures += 1;
+                    last_failure = observation.clone();
                 }
+                rec.decision = decision.into();
+                rec.observation = observation.clone();
+                self.finish_step(record, rec, &prompt_sha, detail, emit)?;
+                ground.add(&observation);
+                shown.push((call.name, observation));
             }
-            conversation.push_turn(&output, &call.name, &observation);
+            if failures > spec.workflow_policy.max_retries {
+                record.status = RunStatus::Failed;
+                record.error = Some(format!(
+                    "{failures} refused or failed tool calls (workflow_policy.max_retries is {}); last: {last_failure}",
+                    spec.workflow_policy.max_retries
+                ));
+                return Ok(());
+            }
+            conversation.push_calls(&output, &shown);
         }
         record.status = RunStatus::StepLimit;
         record.error = Some(format!(
@@ -726,7 +840,7 @@ impl Agent {
         };
         if constrained && !grammar_tools.is_empty() {
             req.constraint = Some(
-                tool_call_grammar(grammar_tools, choice)
+                tool_calls_grammar(grammar_tools, choice, self.calls_per_turn())
                     .map_err(|e| format!("tool grammar: {e}"))?,
             );
         }
@@ -762,6 +876,15 @@ impl Agent {
         }
         self.offload(messages, grammar_tools, choice, seed, why)
             .await
+    }
+
+    /// Calls one model turn may hold (`workflow_policy.parallel_tool_calls`).
+    fn calls_per_turn(&self) -> usize {
+        if self.spec.workflow_policy.parallel_tool_calls {
+            MAX_PARALLEL_CALLS
+        } else {
+            1
+        }
     }
 
     fn step_tokens(&self) -> u32 {
@@ -996,6 +1119,71 @@ async fn count_tokens(engine: &Arc<Engine>, text: String) -> Result<usize, Strin
         .await
         .map_err(|e| format!("counting tokens: {e}"))?
         .map_err(|e| format!("counting tokens: {e}"))
+}
+
+/// Whether the text of `args` is mostly words of `result`.
+fn echoes(args: &Value, result: &str) -> bool {
+    fn words(text: &str) -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let mut text = String::new();
+    collect_strings(args, &mut text);
+    let said = words(&text);
+    let shown = words(result);
+    if said.len() < 2 {
+        return false;
+    }
+    let echoed = said.iter().filter(|w| shown.contains(w)).count();
+    echoed * 10 >= said.len() * 6
+}
+
+fn collect_strings(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        Value::Object(map) => map.values().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+/// The request for an answer written from the run's record: the task and each call made with
+/// what it returned, in a context of their own.
+fn answer_request(task: &str, steps: &[StepRecord]) -> Vec<Value> {
+    let mut record = String::new();
+    for (i, s) in steps.iter().filter(|s| s.decision == "call").enumerate() {
+        let args = s
+            .arguments
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        record.push_str(&format!(
+            "{}. {}({args}) returned:\n{}\n",
+            i + 1,
+            s.tool.as_deref().unwrap_or_default(),
+            s.observation
+        ));
+    }
+    vec![
+        json!({"role": "system", "content": "You write the final answer of an agent that has finished its tool calls. Answer the task in one or two sentences, saying what was found and what was done, with the exact names and values from the record."}),
+        json!({"role": "user", "content": format!("Task: {task}\n\nThe agent's tool calls:\n{record}\nThe final answer:")}),
+    ]
+}
+
+/// What the runtime decided about one call of a turn, before running any.
+enum Verdict {
+    /// Identical to an earlier successful call: its result is shown again.
+    Repeat(String),
+    /// A value in the arguments was never shown to the model.
+    Ungrounded(crate::grounding::Ungrounded),
+    /// The run's or the tool's call budget is spent.
+    OverBudget,
+    Run,
 }
 
 /// What one model turn produced, wherever it ran.

@@ -121,6 +121,57 @@ pub struct Capability {
     /// `wasm:` only: what the component may touch (default: nothing).
     #[serde(default)]
     pub grants: Option<crate::Grants>,
+    /// How the model sees this tool's results (default `lines`).
+    #[serde(default)]
+    pub observation: ObservationFormat,
+    /// The grounding guard for this tool's arguments: `on` (default), `off`, or the names of
+    /// free-text arguments it leaves alone.
+    #[serde(default)]
+    pub grounding: GroundingRule,
+}
+
+/// A capability's `grounding:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroundingRule {
+    Switch(Switch),
+    /// Arguments whose values are free text (checked: all the others).
+    FreeText(Vec<String>),
+}
+
+impl Default for GroundingRule {
+    fn default() -> Self {
+        Self::Switch(Switch::On)
+    }
+}
+
+impl GroundingRule {
+    /// `None` when the guard is off for this capability, else the arguments it leaves alone.
+    pub fn free_arguments(&self) -> Option<&[String]> {
+        match self {
+            Self::Switch(Switch::On) => Some(&[]),
+            Self::Switch(Switch::Off) => None,
+            Self::FreeText(args) => Some(args),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
+}
+
+/// A capability's `observation:`. `lines` shows a JSON result as `key=value` lines, one per item
+/// of a list (small models misread nested JSON); `raw` shows results exactly as they came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationFormat {
+    #[default]
+    Lines,
+    Raw,
 }
 
 /// Where a capability's calls go. Written as a URI in the spec.
@@ -300,6 +351,16 @@ pub struct WorkflowPolicy {
     /// Whether user data may leave the local trust domain. Off unless the spec says so.
     #[serde(default)]
     pub egress_allowed: bool,
+    /// The grounding guard (numbers and identifiers in calls and answers must have been shown
+    /// to the model): `on` by default; `off` for agents that write free text.
+    #[serde(default)]
+    pub grounding: Switch,
+    /// Whether one model turn may hold several tool calls (run concurrently, results shown in
+    /// order), as OpenAI's `parallel_tool_calls`. Off by default in agent runs: with it, the
+    /// default model tends to call a tool once per item of a list it read, fitting or not
+    /// (measured on the factory monitor; see `edgewise eval`).
+    #[serde(default)]
+    pub parallel_tool_calls: bool,
 }
 
 fn default_retries() -> u32 {
@@ -312,6 +373,8 @@ impl Default for WorkflowPolicy {
             fallback: None,
             max_retries: default_retries(),
             egress_allowed: false,
+            grounding: Switch::On,
+            parallel_tool_calls: false,
         }
     }
 }

@@ -14,7 +14,10 @@ pub mod sampling;
 pub mod signing;
 
 pub use agent_policy::{AgentPolicy, PolicyScope, Violation};
-pub use agent_spec::{AgentSpec, Capability, Endpoint, RuntimeKind, SpecError};
+pub use agent_spec::{
+    AgentSpec, Capability, Endpoint, GroundingRule, ObservationFormat, RuntimeKind, SpecError,
+    Switch,
+};
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use config::{
     AuditContent, CloudEndpoint, ConfigError, ConflictPolicy, MeshConfig, MeshRole, MeshShare,

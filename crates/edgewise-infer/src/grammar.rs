@@ -75,10 +75,24 @@ const TEXT_RULE: &str = "TEXT: /[\\p{L}\\p{N}*#\"'-](.|\\n)*/\n";
 
 /// Text when no call is possible (`ToolChoice::None`): only what looks like a call is excluded, as
 /// any other opening is a legitimate answer.
-const TEXT_ONLY_RULE: &str = "TEXT: /[^<{`\\s](.|\\n)*/\n";
+const TEXT_ONLY_RULE: &str = "TEXT: /[^<{\\[`\\s](.|\\n)*/\n";
 
-/// The Lark grammar for tool use under `choice`.
+/// The most calls one turn may hold (OpenAI `parallel_tool_calls`).
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+/// The Lark grammar for tool use under `choice`: at most one call per turn.
 pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Constraint, String> {
+    tool_calls_grammar(tools, choice, 1)
+}
+
+/// The Lark grammar for tool use under `choice`, with up to `max_calls` (at most
+/// [`MAX_PARALLEL_CALLS`]) `<tool_call>` blocks in one turn, one per line, as Qwen's template
+/// writes several calls.
+pub fn tool_calls_grammar(
+    tools: &[ToolSpec],
+    choice: &ToolChoice,
+    max_calls: usize,
+) -> Result<Constraint, String> {
     if *choice == ToolChoice::None {
         return Ok(Constraint::Lark(format!("start: TEXT\n{TEXT_ONLY_RULE}")));
     }
@@ -99,7 +113,7 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
         .map(|t| {
             json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "properties": {"name": {"const": t.name}, "arguments": closed(&t.parameters)},
                 "required": ["name", "arguments"],
                 "additionalProperties": false
             })
@@ -111,9 +125,15 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
         json!({"anyOf": variants})
     };
     // A call is the trained `<tool_call>` block or the bare JSON object small models tend to write
-    // instead; both are held to the same schema, and `parse_tool_calls` reads both.
+    // instead; both are held to the same schema, and `parse_tool_calls` reads both. More calls
+    // are more blocks, each on its own line.
+    let (mut more_blocks, mut more_bodies) = (String::new(), String::new());
+    for _ in 1..max_calls.clamp(1, MAX_PARALLEL_CALLS) {
+        more_blocks = format!("(\"\\n\" block {more_blocks})?");
+        more_bodies = format!("(\"\\n\" body {more_bodies})?");
+    }
     let call = format!(
-        "call: \"{open}\\n\" body \"\\n{close}\" | body\nbody: %json {schema}\n",
+        "call: block {more_blocks} | body {more_bodies}\nblock: \"{open}\\n\" body \"\\n{close}\"\nbody: %json {schema}\n",
         open = TOOL_CALL_OPEN,
         close = TOOL_CALL_CLOSE,
         schema = schema
@@ -125,6 +145,19 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice) -> Result<Cons
     Ok(Constraint::Lark(format!("{start}{call}")))
 }
 
+/// Arguments as the grammar admits them: a schema that lists its properties and says nothing
+/// of others admits no others (a small model otherwise packs a second call's arguments into
+/// the first as `city2`; no tool understands a property it did not declare).
+fn closed(parameters: &Value) -> Value {
+    let mut p = parameters.clone();
+    if let Some(o) = p.as_object_mut() {
+        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    p
+}
+
 /// A parsed call found in generated text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -134,8 +167,9 @@ pub struct ToolCall {
 
 /// Splits generated text into leading content and tool calls. Malformed blocks stay in the content.
 pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
-    if let Some(call) = bare_call(text) {
-        return (String::new(), vec![call]);
+    let bare = bare_calls(text);
+    if !bare.is_empty() {
+        return (String::new(), bare);
     }
     let mut content = String::new();
     let mut calls = Vec::new();
@@ -160,18 +194,27 @@ pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
     (content.trim().to_owned(), calls)
 }
 
-/// The whole text is one `{"name": ..., "arguments": ...}` object.
-fn bare_call(text: &str) -> Option<ToolCall> {
+/// The whole text is one or more `{"name": ..., "arguments": ...}` objects (one per line when
+/// a turn holds several calls); empty unless every object is a call.
+fn bare_calls(text: &str) -> Vec<ToolCall> {
     let t = text.trim();
     if !t.starts_with('{') {
-        return None;
+        return Vec::new();
     }
-    let v: Value = serde_json::from_str(t).ok()?;
-    let name = v.get("name")?.as_str()?.to_owned();
-    Some(ToolCall {
-        name,
-        arguments: v.get("arguments").cloned().unwrap_or_else(|| json!({})),
-    })
+    let mut calls = Vec::new();
+    for value in serde_json::Deserializer::from_str(t).into_iter::<Value>() {
+        let Ok(v) = value else {
+            return Vec::new();
+        };
+        let Some(name) = v.get("name").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        calls.push(ToolCall {
+            name: name.to_owned(),
+            arguments: v.get("arguments").cloned().unwrap_or_else(|| json!({})),
+        });
+    }
+    calls
 }
 
 /// A system-prompt description of tools for templates that do not render `tools` themselves.
@@ -202,6 +245,28 @@ mod tests {
                 arguments: json!({"x": 1})
             }]
         );
+    }
+
+    #[test]
+    fn parses_several_calls_of_one_turn_in_both_forms() {
+        let names = |text: &str| {
+            parse_tool_calls(text)
+                .1
+                .into_iter()
+                .map(|c| c.arguments["city"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let two = ["Paris", "Tokyo"];
+        assert_eq!(
+            names("{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n{\"name\": \"w\", \"arguments\": {\"city\": \"Tokyo\"}}"),
+            two
+        );
+        assert_eq!(
+            names("<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Tokyo\"}}\n</tool_call>"),
+            two
+        );
+        // Text after a bare object is not a call list.
+        assert!(parse_tool_calls("{\"name\": \"w\"} and more").1.is_empty());
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub use bench::BenchReport;
 pub use embed::{Embedder, LazyEmbedder};
 pub use engine::{Engine, EngineConfig, EngineStats, ModelInfo, StatsSnapshot};
 pub use error::InferError;
-pub use grammar::{parse_tool_calls, tool_call_grammar, ToolCall, ToolChoice, ToolSpec};
+pub use grammar::{
+    parse_tool_calls, tool_call_grammar, tool_calls_grammar, ToolCall, ToolChoice, ToolSpec,
+    MAX_PARALLEL_CALLS,
+};
 pub use prompt::ControlTokens;
 pub use request::{
     Completion, Constraint, Event, FinishReason, GenerateRequest, PromptToken, Usage,

@@ -101,6 +101,28 @@ impl ModelStore {
         })
     }
 
+    /// Whether `name` is a model this node can use by name: a catalog entry (installed or
+    /// pullable) or a model installed under that name (`models import`).
+    pub fn knows(&self, name: &str) -> bool {
+        self.catalog().get(name).is_some() || self.manifest(name).is_ok()
+    }
+
+    /// Every name `knows` accepts, catalog entries first.
+    pub fn known_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .catalog()
+            .entries()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        for m in self.list().unwrap_or_default() {
+            if !names.contains(&m.name) {
+                names.push(m.name);
+            }
+        }
+        names
+    }
+
     pub fn list(&self) -> Result<Vec<Manifest>, ModelError> {
         let dir = self.data.models();
         let entries = match std::fs::read_dir(&dir) {
@@ -418,12 +440,16 @@ mod tests {
     #[test]
     fn import_verify_and_remove_round_trip() {
         let (dir, s) = store();
+        assert!(!s.knows("tiny"));
         let m = s.import(&tiny_gguf(dir.path()), "tiny").unwrap();
         assert_eq!(m.architecture, "llama");
         assert_eq!(s.list().unwrap().len(), 1);
+        // An imported model is a model name like a catalog entry (`model_config.path: tiny`).
+        assert!(s.knows("tiny") && s.known_names().contains(&"tiny".to_owned()));
         s.verify("tiny").unwrap();
         s.open_for_load("tiny", &[]).unwrap();
         s.remove("tiny").unwrap();
+        assert!(!s.knows("tiny"));
         assert!(matches!(
             s.resolve("tiny"),
             Err(ModelError::UnknownModel { .. })

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use edgewise_core::SamplingParams;
 use edgewise_infer::{
-    parse_tool_calls, tool_call_grammar, Completion, Constraint, Event, FinishReason,
-    GenerateRequest, ToolChoice, ToolSpec,
+    parse_tool_calls, tool_calls_grammar, Completion, Constraint, Event, FinishReason,
+    GenerateRequest, ToolChoice, ToolSpec, MAX_PARALLEL_CALLS,
 };
 use futures::Stream;
 use serde::Deserialize;
@@ -54,6 +54,8 @@ struct ChatBody {
     messages: Vec<Value>,
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
+    /// Several calls in one turn (default true, as in OpenAI's API).
+    parallel_tool_calls: Option<bool>,
     response_format: Option<Value>,
 }
 
@@ -340,8 +342,16 @@ pub async fn chat_completions(
     let mut req = body.common.to_request(&state, prompt)?;
     req.constraint = match &choice {
         Some(c) => Some(
-            tool_call_grammar(&tools, c)
-                .map_err(|e| ApiError::bad_request(e).param("tool_choice"))?,
+            tool_calls_grammar(
+                &tools,
+                c,
+                if body.parallel_tool_calls.unwrap_or(true) {
+                    MAX_PARALLEL_CALLS
+                } else {
+                    1
+                },
+            )
+            .map_err(|e| ApiError::bad_request(e).param("tool_choice"))?,
         ),
         None => response_format_constraint(body.response_format.as_ref())?,
     };

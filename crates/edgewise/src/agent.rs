@@ -79,10 +79,8 @@ pub fn run(node: &Node, cmd: AgentCommand) -> Result<()> {
 
 fn validate(node: &Node, path: &Path) -> Result<()> {
     let spec = AgentSpec::load(path)?;
-    let choice = choose_model(&spec, &node.config, None, |n| {
-        node.store.catalog().get(n).is_some()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let choice = choose_model(&spec, &node.config, None, |n| node.store.knows(n))
+        .map_err(anyhow::Error::msg)?;
     println!("{}: valid agent spec '{}'", path.display(), spec.agent_id);
     if let Some(w) = &choice.warning {
         println!("warning: {w}");
@@ -116,7 +114,7 @@ fn validate(node: &Node, path: &Path) -> Result<()> {
 fn run_agent(node: &Node, args: RunArgs) -> Result<()> {
     let spec = AgentSpec::load(&args.spec)?;
     let choice = choose_model(&spec, &node.config, args.task_type.as_deref(), |n| {
-        node.store.catalog().get(n).is_some()
+        node.store.knows(n)
     })
     .map_err(anyhow::Error::msg)?;
     if let Some(w) = &choice.warning {

@@ -240,13 +240,7 @@ fn serve(
             embedder,
             sync: syncer,
         });
-        let catalog = node
-            .store
-            .catalog()
-            .entries()
-            .iter()
-            .map(|e| e.name.clone())
-            .collect();
+        let catalog = node.store.known_names();
         let hub = rt.block_on(edgewise_server::AgentHub::new(
             host,
             engine,

@@ -127,6 +127,16 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 struct Registered {
     tool: Arc<dyn Tool>,
     validator: jsonschema::Validator,
+    /// How the model sees this tool's results and which arguments are checked for grounding
+    /// (its capability's `observation:` and `grounding:`).
+    settings: ToolSettings,
+}
+
+/// What a capability says about the tools it brings, besides how to call them.
+#[derive(Debug, Clone, Default)]
+pub struct ToolSettings {
+    pub observation: edgewise_core::ObservationFormat,
+    pub grounding: edgewise_core::GroundingRule,
 }
 
 /// The agent's tools with compiled argument validators, in the order the spec declares them (the
@@ -165,21 +175,40 @@ impl ToolRegistry {
                 _ => vec![build(cap, ctx).map_err(failed)?],
             };
             for tool in tools {
-                reg.insert(tool).map_err(failed)?;
+                let settings = ToolSettings {
+                    observation: cap.observation,
+                    grounding: cap.grounding.clone(),
+                };
+                reg.insert_with(tool, settings).map_err(failed)?;
             }
         }
         Ok(reg)
     }
 
     pub fn insert(&mut self, tool: Arc<dyn Tool>) -> Result<(), String> {
+        self.insert_with(tool, ToolSettings::default())
+    }
+
+    /// Like `insert`, with the capability's settings for the tool.
+    pub fn insert_with(
+        &mut self,
+        tool: Arc<dyn Tool>,
+        settings: ToolSettings,
+    ) -> Result<(), String> {
         let validator = jsonschema::validator_for(&tool.spec().parameters)
             .map_err(|e| format!("parameters is not a valid JSON schema: {e}"))?;
         let name = tool.spec().name.clone();
         if self.get(&name).is_some() {
             return Err(format!("a tool named '{name}' is already registered"));
         }
-        self.tools
-            .push((name, Arc::new(Registered { tool, validator })));
+        self.tools.push((
+            name,
+            Arc::new(Registered {
+                tool,
+                validator,
+                settings,
+            }),
+        ));
         Ok(())
     }
 
@@ -197,6 +226,24 @@ impl ToolRegistry {
 
     fn get(&self, name: &str) -> Option<&Arc<Registered>> {
         self.tools.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    /// The text the model sees for a result of the tool `name`.
+    pub fn observation(&self, name: &str, result: &str) -> String {
+        let format = self
+            .get(name)
+            .map(|r| r.settings.observation)
+            .unwrap_or_default();
+        crate::observation::render(result, format)
+    }
+
+    /// The arguments of `name` the grounding guard leaves alone; `None` when it is off.
+    pub fn grounding_free_arguments(&self, name: &str) -> Option<Vec<String>> {
+        let reg = self.get(name)?;
+        reg.settings
+            .grounding
+            .free_arguments()
+            .map(<[String]>::to_vec)
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {

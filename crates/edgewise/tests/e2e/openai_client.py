@@ -39,6 +39,16 @@ check(r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, "tool call
 args = json.loads(calls[0].function.arguments)
 check(calls[0].function.name == "get_weather" and isinstance(args.get("city"), str), f"tool call has valid JSON arguments {args}")
 
+# Two independent questions: two calls in one turn (parallel_tool_calls defaults to true) ...
+r = client.chat.completions.create(model=chat_model, temperature=0, tools=tools, messages=[
+    {"role": "user", "content": "What is the weather in Paris and what is the weather in Tokyo?"}])
+cities = sorted(json.loads(c.function.arguments).get("city", "") for c in r.choices[0].message.tool_calls or [])
+check(cities == ["Paris", "Tokyo"], f"two questions give two parallel calls ({cities})")
+# ... and one with parallel_tool_calls false.
+r = client.chat.completions.create(model=chat_model, temperature=0, tools=tools, parallel_tool_calls=False, messages=[
+    {"role": "user", "content": "What is the weather in Paris and what is the weather in Tokyo?"}])
+check(len(r.choices[0].message.tool_calls or []) == 1, "parallel_tool_calls false gives one call")
+
 # The tool result goes back and the model answers in text.
 r2 = client.chat.completions.create(model=chat_model, temperature=0, tools=tools, tool_choice="none", messages=[
     {"role": "system", "content": "You are a weather assistant. When a tool result arrives, answer the user in one plain sentence."},
