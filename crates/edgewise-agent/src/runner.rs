@@ -526,7 +526,8 @@ impl Agent {
             // When the runtime, not the model, ends the calls (repeats, budgets), the answer is
             // written from the run's record in a fresh context: a small model cut off mid-plan
             // in its own conversation writes a fragment of that plan ("Yes", a call as text).
-            let compose = choice == ToolChoice::None && total_calls > 0;
+            // Local engine only: a cloud endpoint gets the agent's own conversation.
+            let compose = choice == ToolChoice::None && total_calls > 0 && self.engine.is_some();
             let grammar_tools = if offered.is_empty() {
                 &all_tools
             } else {

@@ -63,7 +63,7 @@ pub(super) fn build(
             let spec = if kind == FileKind::Read {
                 spec_for(
                     "Read a text file. `path` is relative to the agent's file root.".into(),
-                    path_param("File path relative to the root, e.g. notes/today.txt"),
+                    path_param("Path of the file, relative to the root (as the task names it)"),
                 )
             } else {
                 spec_for(

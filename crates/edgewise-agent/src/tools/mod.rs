@@ -336,13 +336,15 @@ fn build(cap: &Capability, ctx: &ToolContext) -> Result<Arc<dyn Tool>, String> {
             topic,
         } => Arc::new(mqtt::MqttTool::new(
             spec_for(
+                // Readers of a topic see only the message: small models otherwise publish
+                // "pressure is over limit" without saying whose or how much.
                 format!(
-                    "{}: publish a message to the MQTT topic '{topic}'.",
+                    "{}: publish one message to the MQTT topic '{topic}'. Readers see only the message, so it must state the facts itself, with their names and values.",
                     words(&cap.name)
                 ),
                 json!({
                     "type": "object",
-                    "properties": {"message": {"type": "string", "description": "The message to publish."}},
+                    "properties": {"message": {"type": "string", "description": "The message, with the names and values it is about."}},
                     "required": ["message"],
                     "additionalProperties": false
                 }),
