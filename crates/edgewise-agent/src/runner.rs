@@ -656,7 +656,7 @@ impl Agent {
                     repeats += 1;
                     must_answer = repeats >= 2;
                     looping_on.insert(call.name.clone());
-                    Verdict::Repeat(earlier)
+                    Verdict::Repeat(shown_again(&earlier))
                 } else if let Some(refusal) = guard
                     .then(|| self.tools.grounding_free_arguments(&call.name))
                     .flatten()
@@ -1122,6 +1122,20 @@ async fn count_tokens(engine: &Arc<Engine>, text: String) -> Result<usize, Strin
         .map_err(|e| format!("counting tokens: {e}"))
 }
 
+/// An earlier result shown again for a repeated call, bounded: a long one (a whole file) shown
+/// at every repeat would crowd the context window.
+fn shown_again(earlier: &str) -> String {
+    const MAX: usize = 600;
+    if earlier.chars().count() <= MAX {
+        return earlier.to_owned();
+    }
+    let head: String = earlier.chars().take(MAX).collect();
+    format!(
+        "{head}\n[the same result as before; {} more characters not shown again]",
+        earlier.chars().count() - MAX
+    )
+}
+
 /// Whether the text of `args` is mostly words of `result`.
 fn echoes(args: &Value, result: &str) -> bool {
     fn words(text: &str) -> Vec<String> {
@@ -1156,18 +1170,29 @@ fn collect_strings(v: &Value, out: &mut String) {
 /// The request for an answer written from the run's record: the task and each call made with
 /// what it returned, in a context of their own.
 fn answer_request(task: &str, steps: &[StepRecord]) -> Vec<Value> {
+    // The record shares a small context window with the task and the answer: results get an
+    // equal share of RECORD_CHARS, each cut with a note when longer.
+    const RECORD_CHARS: usize = 1500;
+    let calls: Vec<&StepRecord> = steps.iter().filter(|s| s.decision == "call").collect();
+    let share = RECORD_CHARS / calls.len().max(1);
     let mut record = String::new();
-    for (i, s) in steps.iter().filter(|s| s.decision == "call").enumerate() {
+    for (i, s) in calls.iter().enumerate() {
         let args = s
             .arguments
             .as_ref()
             .map(Value::to_string)
             .unwrap_or_default();
+        let total = s.observation.chars().count();
+        let result = if total > share {
+            let head: String = s.observation.chars().take(share).collect();
+            format!("{head} [... {} more characters]", total - share)
+        } else {
+            s.observation.clone()
+        };
         record.push_str(&format!(
-            "{}. {}({args}) returned:\n{}\n",
+            "{}. {}({args}) returned:\n{result}\n",
             i + 1,
             s.tool.as_deref().unwrap_or_default(),
-            s.observation
         ));
     }
     vec![
