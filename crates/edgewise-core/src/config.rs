@@ -470,9 +470,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("config.yaml:2:") && e.contains("at least 1"),
+            e.contains("config.yaml:2:") && e.contains("outside 1..65536"),
             "{e}"
         );
+        let text = "limits:\n  connections: 3000000000000000000\n";
+        let e = NodeConfig::parse(text, Path::new("config.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside 1..65536"), "{e}");
         let text = "limits:\n  request_body_timeout: 2m\n";
         let c = NodeConfig::parse(text, Path::new("config.yaml")).unwrap();
         assert_eq!(
