@@ -603,12 +603,7 @@ impl Agent {
                         emit,
                     )?;
                     failures += 1;
-                    if failures > spec.workflow_policy.max_retries {
-                        record.status = RunStatus::Failed;
-                        record.error = Some(format!(
-                            "{failures} refused or failed steps (workflow_policy.max_retries is {}); last: {hint}",
-                            spec.workflow_policy.max_retries
-                        ));
+                    if out_of_retries(record, failures, spec, "steps", &hint) {
                         return Ok(());
                     }
                     conversation.push_feedback(&output, &hint);
@@ -759,12 +754,7 @@ impl Agent {
                 ground.add(&observation);
                 shown.push((call.name, observation));
             }
-            if failures > spec.workflow_policy.max_retries {
-                record.status = RunStatus::Failed;
-                record.error = Some(format!(
-                    "{failures} refused or failed tool calls (workflow_policy.max_retries is {}); last: {last_failure}",
-                    spec.workflow_policy.max_retries
-                ));
+            if out_of_retries(record, failures, spec, "tool calls", &last_failure) {
                 return Ok(());
             }
             conversation.push_calls(&output, &shown);
@@ -1120,6 +1110,26 @@ async fn count_tokens(engine: &Arc<Engine>, text: String) -> Result<usize, Strin
         .await
         .map_err(|e| format!("counting tokens: {e}"))?
         .map_err(|e| format!("counting tokens: {e}"))
+}
+
+/// Ends the run `failed` once more steps were refused or failed than
+/// `workflow_policy.max_retries` allows; `true` when it did.
+fn out_of_retries(
+    record: &mut RunRecord,
+    failures: u32,
+    spec: &AgentSpec,
+    what: &str,
+    last: &str,
+) -> bool {
+    let allowed = spec.workflow_policy.max_retries;
+    if failures <= allowed {
+        return false;
+    }
+    record.status = RunStatus::Failed;
+    record.error = Some(format!(
+        "{failures} refused or failed {what} (workflow_policy.max_retries is {allowed}); last: {last}"
+    ));
+    true
 }
 
 /// An earlier result shown again for a repeated call, bounded: a long one (a whole file) shown
