@@ -77,6 +77,11 @@ const TEXT_RULE: &str = "TEXT: /[\\p{L}\\p{N}*#\"'-](.|\\n)*/\n";
 /// any other opening is a legitimate answer.
 const TEXT_ONLY_RULE: &str = "TEXT: /[^<{\\[`\\s](.|\\n)*/\n";
 
+/// The call-or-answer decision's default threshold (`GenerateRequest::call_threshold`): a call
+/// only where the model puts at least this probability on calling. Chosen on `edgewise eval
+/// tools` (see the README's figures).
+pub const DEFAULT_CALL_THRESHOLD: f32 = 0.5;
+
 /// The most calls one turn may hold (OpenAI `parallel_tool_calls`).
 pub const MAX_PARALLEL_CALLS: usize = 8;
 
@@ -166,7 +171,23 @@ pub struct ToolCall {
 }
 
 /// Splits generated text into leading content and tool calls. Malformed blocks stay in the content.
+/// A call that repeats an earlier one of the same turn (same name, same arguments) is dropped:
+/// small models often write a parallel turn's first call again, and a repeat is never independent
+/// work.
 pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
+    let (content, mut calls) = split_tool_calls(text);
+    let mut i = 0;
+    while i < calls.len() {
+        if calls[..i].contains(&calls[i]) {
+            calls.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    (content, calls)
+}
+
+fn split_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
     let bare = bare_calls(text);
     if !bare.is_empty() {
         return (String::new(), bare);
@@ -267,6 +288,11 @@ mod tests {
         );
         // Text after a bare object is not a call list.
         assert!(parse_tool_calls("{\"name\": \"w\"} and more").1.is_empty());
+        // The first call written again (other spacing) is one call.
+        assert_eq!(
+            names("<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\n  \"name\": \"w\",\n  \"arguments\": {\"city\": \"Paris\"}\n}\n</tool_call>\n<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Tokyo\"}}\n</tool_call>"),
+            two
+        );
     }
 
     #[test]

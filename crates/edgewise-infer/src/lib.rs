@@ -26,7 +26,7 @@ pub use engine::{Engine, EngineConfig, EngineStats, ModelInfo, StatsSnapshot};
 pub use error::InferError;
 pub use grammar::{
     parse_tool_calls, tool_call_grammar, tool_calls_grammar, ToolCall, ToolChoice, ToolSpec,
-    MAX_PARALLEL_CALLS,
+    DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
 };
 pub use prompt::ControlTokens;
 pub use request::{

@@ -24,6 +24,12 @@ pub struct GenerateRequest {
     /// Tighter prompt + completion limit than the engine's `context_per_request` (an agent's
     /// `context_window`); checked against the prompt the engine tokenizes anyway.
     pub context_limit: Option<u32>,
+    /// The explicit call-or-answer decision (`tool_choice: auto`): when the constraint admits both
+    /// text and a tool call, the first token may open a call only if the model puts at least this
+    /// probability on calling (summed over call-opening tokens among those the grammar allows), so
+    /// a weak match is answered in text instead of forced into the nearest tool. `None`: the
+    /// sampler alone decides.
+    pub call_threshold: Option<f32>,
 }
 
 impl GenerateRequest {
@@ -35,6 +41,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             constraint: None,
             context_limit: None,
+            call_threshold: None,
         }
     }
 }
@@ -61,6 +68,10 @@ pub struct Usage {
     /// Request admission to first generated token.
     pub time_to_first_token_ms: f64,
     pub generation_ms: f64,
+    /// With `call_threshold`: the probability the model put on opening a tool call, which the
+    /// decision compared with the threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_probability: Option<f32>,
 }
 
 #[derive(Debug, Clone)]

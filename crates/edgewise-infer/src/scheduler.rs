@@ -79,6 +79,7 @@ struct Active {
     matcher: Option<Matcher>,
     text: TextStream,
     max_tokens: u32,
+    call_threshold: Option<f32>,
     /// Cells this request may occupy: prompt + completion, capped per request.
     reservation: usize,
     usage: Usage,
@@ -104,6 +105,8 @@ pub(crate) struct Scheduler<'m> {
     clock: u64,
     /// Built on the first constrained request: walking the vocabulary costs a few hundred ms.
     parser_factory: Option<ParserFactory>,
+    /// Built on the first request that asks for a call decision.
+    call_openers: Option<CallOpeners>,
     stats: Arc<EngineStats>,
     in_flight: Arc<AtomicUsize>,
 }
@@ -144,6 +147,7 @@ impl<'m> Scheduler<'m> {
             waiting: VecDeque::new(),
             clock: 0,
             parser_factory: None,
+            call_openers: None,
             stats,
             in_flight,
         }
@@ -504,6 +508,7 @@ impl<'m> Scheduler<'m> {
                 matcher,
                 text: TextStream::new(w.req.stop.clone()),
                 max_tokens: w.req.max_tokens,
+                call_threshold: w.req.call_threshold,
                 reservation,
                 usage,
                 admitted_at: now,
@@ -598,10 +603,25 @@ impl<'m> Scheduler<'m> {
             return;
         };
         a.prompt_done = true;
+        let decide = a.first_token_at.is_none() && a.matcher.is_some();
+        let decision = match a.call_threshold {
+            Some(threshold) if decide => {
+                let openers = self
+                    .call_openers
+                    .get_or_insert_with(|| call_opening_tokens(model));
+                Some((&*openers, threshold))
+            }
+            _ => None,
+        };
         let tok = match a.matcher.as_mut() {
             None => a.sampler.sample(&self.ctx, idx),
-            Some(m) => match constrained_sample(&self.ctx, idx, &mut a.sampler, m) {
-                Ok(t) => t,
+            Some(m) => match constrained_sample(&self.ctx, idx, &mut a.sampler, m, decision) {
+                Ok((t, p)) => {
+                    if p.is_some() {
+                        a.usage.call_probability = p;
+                    }
+                    t
+                }
                 Err(e) => return self.finish(i, Err(e)),
             },
         };
@@ -774,12 +794,42 @@ fn forced_tokens(model: &LlamaModel, m: &mut Matcher) -> Vec<LlamaToken> {
     }
 }
 
+/// The tokens that open a tool call, for the call-or-answer decision.
+pub(crate) struct CallOpeners {
+    /// Per token id: its text opens a call (the `<tool_call>` token, or anything starting with `<`,
+    /// `{` or `[`: the bare-JSON forms the call grammar also admits).
+    opens: Vec<bool>,
+    /// The `<tool_call>` token, where the vocabulary has one: a decided call opens with it, the
+    /// form the model was trained on and the one it continues with further calls.
+    block: Option<LlamaToken>,
+}
+
+fn call_opening_tokens(model: &LlamaModel) -> CallOpeners {
+    let vocab = model.vocab();
+    let opens = (0..model.n_vocab())
+        .map(|t| {
+            let piece = vocab.token_to_piece(LlamaToken(t), true, None);
+            matches!(piece.first(), Some(b'<' | b'{' | b'['))
+        })
+        .collect();
+    let block = match vocab.tokenize(crate::grammar::TOOL_CALL_OPEN.as_bytes(), false, true)[..] {
+        [t] => Some(t),
+        _ => None,
+    };
+    CallOpeners { opens, block }
+}
+
+/// Samples under the grammar's mask. With `decision` (call openers, threshold) it also makes the
+/// call-or-answer decision: the probability of opening a call among the allowed tokens; below
+/// the threshold call openers are masked, at or above it text is, and the call opens with the
+/// `<tool_call>` token where the grammar allows it.
 fn constrained_sample(
     ctx: &LlamaContext<'_>,
     idx: i32,
     sampler: &mut LlamaSampler,
     m: &mut Matcher,
-) -> Result<LlamaToken, InferError> {
+    decision: Option<(&CallOpeners, f32)>,
+) -> Result<(LlamaToken, Option<f32>), InferError> {
     let mask = m
         .compute_mask_or_eos()
         .map_err(|e| InferError::Grammar(e.to_string()))?;
@@ -789,12 +839,54 @@ fn constrained_sample(
             d.set_logit(f32::NEG_INFINITY);
         }
     }
+    let mut call_probability = None;
+    if let Some((openers, threshold)) = decision {
+        let opens = |d: &llama_cpp_2::token::data::LlamaTokenData| {
+            openers.opens.get(d.id().0 as usize).copied().unwrap_or(false)
+        };
+        let max = arr
+            .data
+            .iter()
+            .map(|d| d.logit())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let (mut call, mut total, mut text_allowed) = (0f64, 0f64, false);
+        for d in arr.data.iter().filter(|d| d.logit().is_finite()) {
+            let w = f64::from(d.logit() - max).exp();
+            total += w;
+            if opens(d) {
+                call += w;
+            } else {
+                text_allowed = true;
+            }
+        }
+        // Only a real choice is decided: a grammar that allows no call, or nothing but a call,
+        // leaves nothing to score.
+        if text_allowed && call > 0.0 && total > 0.0 {
+            let p = (call / total) as f32;
+            call_probability = Some(p);
+            let block_allowed = openers
+                .block
+                .is_some_and(|b| arr.data.iter().any(|d| d.id() == b && d.logit().is_finite()));
+            for d in arr.data.iter_mut() {
+                let keep = if p < threshold {
+                    !opens(d)
+                } else if block_allowed {
+                    Some(d.id()) == openers.block
+                } else {
+                    opens(d)
+                };
+                if !keep {
+                    d.set_logit(f32::NEG_INFINITY);
+                }
+            }
+        }
+    }
     sampler.apply(&mut arr);
     let tok = arr
         .selected_token()
         .ok_or_else(|| InferError::Grammar("no token satisfies the grammar".into()))?;
     sampler.accept(tok);
-    Ok(tok)
+    Ok((tok, call_probability))
 }
 
 /// llama.cpp's default order: penalties, top-k, top-p, min-p, temperature, then the draw.
