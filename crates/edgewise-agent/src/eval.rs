@@ -1,6 +1,7 @@
-//! `edgewise eval tools`: how well the model turns a request into the right tool call, with the
-//! tool grammar on and off. One model turn per task, nothing is executed; the set is data
-//! (`eval/tools.yaml`) so anyone can extend it.
+//! `edgewise eval tools`: how well the model turns a request into the right tool calls, or into
+//! a text answer where no tool fits, with the runtime's tool-use features on and off. One model
+//! turn per task (generated again where the call decision sets its calls aside), nothing is
+//! executed; the set is data (`eval/tools.yaml`) so anyone can extend it.
 
 use std::path::Path;
 use std::time::Instant;
@@ -13,6 +14,8 @@ use edgewise_infer::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::call_decision::CallDecision;
+use crate::grounding::Grounding;
 use crate::runner::generate;
 use crate::AgentError;
 
@@ -220,6 +223,9 @@ pub struct TaskResult {
     /// The decision's score for calling, where it made one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_probability: Option<f32>,
+    /// Calls the decision set aside before the output, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<String>,
     pub output: String,
 }
 
@@ -309,20 +315,38 @@ pub async fn eval_tools(
             seed: 1,
             ..SamplingParams::default()
         };
+        let mut decision = None;
         if options.grammar {
             req.constraint = Some(
                 tool_calls_grammar(&specs, &ToolChoice::Auto, options.max_calls)
                     .map_err(|e| AgentError::Other(format!("tool grammar: {e}")))?,
             );
             req.call_threshold = options.call_threshold;
+            if options.call_threshold.is_some() {
+                let mut shown = Grounding::default();
+                shown.add(&system);
+                shown.add(&task.prompt);
+                decision = Some(CallDecision::new(shown, specs.clone(), options.max_calls));
+            }
         }
-        let completion = generate(engine, req).await?;
+        let mut set_aside = Vec::new();
+        let mut completion = generate(engine, req.clone()).await?;
+        let call_probability = completion.usage.call_probability;
+        while let Some(d) = decision.as_mut() {
+            let Some((constraint, why)) = d.review(&parse_tool_calls(&completion.text).1) else {
+                break;
+            };
+            set_aside.push(format!("{why:?}: {}", completion.text.trim()));
+            req.constraint = Some(constraint);
+            completion = generate(engine, req.clone()).await?;
+        }
         let verdict = judge(&completion.text, task.expected_calls(), &specs, &validators);
         let result = TaskResult {
             task: i + 1,
             category: set.category(task),
             verdict,
-            call_probability: completion.usage.call_probability,
+            call_probability,
+            set_aside,
             output: completion.text,
         };
         progress(i + 1, &result);
@@ -435,6 +459,7 @@ fn same(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgewise_infer::MAX_PARALLEL_CALLS;
 
     fn expected(tool: &str, args: Value) -> Expected {
         Expected {
@@ -529,6 +554,20 @@ mod tests {
             assert!(n >= 10, "{} tasks of category {}", n, c.name());
         }
         for (i, t) in set.tasks.iter().enumerate() {
+            // The decision lets every expected call stand: what it sets aside is never right.
+            let mut shown = Grounding::default();
+            shown.add(EVAL_SYSTEM_PROMPT);
+            shown.add(&t.prompt);
+            let calls: Vec<ToolCall> = t
+                .expected_calls()
+                .iter()
+                .map(|e| ToolCall {
+                    name: e.tool.clone(),
+                    arguments: e.arguments.clone(),
+                })
+                .collect();
+            let mut d = CallDecision::new(shown, set.offered(t), MAX_PARALLEL_CALLS);
+            assert_eq!(d.review(&calls).map(|r| r.1), None, "task {}", i + 1);
             for e in t.expected_calls() {
                 let tool = set.tools.iter().find(|s| s.name == e.tool).unwrap();
                 let v = jsonschema::validator_for(&tool.parameters).unwrap();

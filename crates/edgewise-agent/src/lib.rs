@@ -12,6 +12,7 @@
 //! - This host and the link (loopback, link-local, multicast, ...) are reachable by agent tools
 //!   only where the node's policy lists them, whatever the spec's egress.
 
+pub mod call_decision;
 pub mod cloud;
 pub mod components;
 mod conversation;

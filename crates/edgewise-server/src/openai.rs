@@ -11,8 +11,9 @@ use axum::Json;
 use edgewise_core::SamplingParams;
 use edgewise_infer::{
     parse_tool_calls, tool_calls_grammar, Completion, Constraint, Event, FinishReason,
-    GenerateRequest, ToolChoice, ToolSpec, MAX_PARALLEL_CALLS,
+    GenerateRequest, ToolChoice, ToolSpec, DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
 };
+use edgewise_agent::call_decision::CallDecision;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -340,21 +341,28 @@ pub async fn chat_completions(
         .render(&messages, tools_for_template.as_deref(), true)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut req = body.common.to_request(&state, prompt)?;
+    let max_calls = if body.parallel_tool_calls.unwrap_or(true) {
+        MAX_PARALLEL_CALLS
+    } else {
+        1
+    };
     req.constraint = match &choice {
         Some(c) => Some(
-            tool_calls_grammar(
-                &tools,
-                c,
-                if body.parallel_tool_calls.unwrap_or(true) {
-                    MAX_PARALLEL_CALLS
-                } else {
-                    1
-                },
-            )
-            .map_err(|e| ApiError::bad_request(e).param("tool_choice"))?,
+            tool_calls_grammar(&tools, c, max_calls)
+                .map_err(|e| ApiError::bad_request(e).param("tool_choice"))?,
         ),
         None => response_format_constraint(body.response_format.as_ref())?,
     };
+    // With `auto` the runtime decides whether the turn calls: the model's probability of calling
+    // against a threshold, then a review of the calls (see edgewise_agent::call_decision).
+    let decision = (choice == Some(ToolChoice::Auto)).then(|| {
+        req.call_threshold = Some(DEFAULT_CALL_THRESHOLD);
+        Decision {
+            state: state.clone(),
+            req: req.clone(),
+            review: CallDecision::from_messages(&body.messages, tools.clone(), max_calls),
+        }
+    });
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = state.engine.info().name.clone();
     let (rx, first) = match start(&state, req).await {
@@ -377,13 +385,19 @@ pub async fn chat_completions(
             id,
             model,
             choice.is_some(),
+            decision,
             body.common.include_usage(),
         );
         return Ok(Sse::new(stream)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let c = collect(rx, first).await?;
+    let mut c = collect(rx, first).await?;
+    if let Some(mut d) = decision {
+        while let Some((rx, first)) = d.again(&c.text).await? {
+            c = collect(rx, first).await?;
+        }
+    }
     let (content, calls) = if choice.is_some() {
         parse_tool_calls(&c.text)
     } else {
@@ -413,6 +427,29 @@ pub async fn chat_completions(
     .into_response())
 }
 
+/// A turn under `tool_choice: auto`, with what it takes to generate it again.
+struct Decision {
+    state: AppState,
+    req: GenerateRequest,
+    review: CallDecision,
+}
+
+impl Decision {
+    /// Reviews a finished turn's calls; where they are set aside, starts the turn again under
+    /// the narrower constraint.
+    async fn again(
+        &mut self,
+        text: &str,
+    ) -> Result<Option<(UnboundedReceiver<Event>, Option<Event>)>, ApiError> {
+        let Some((constraint, why)) = self.review.review(&parse_tool_calls(text).1) else {
+            return Ok(None);
+        };
+        tracing::info!(?why, "tool calls set aside; the turn is decided again");
+        self.req.constraint = Some(constraint);
+        start(&self.state, self.req.clone()).await.map(Some)
+    }
+}
+
 fn sse_json(v: Value) -> Result<SseEvent, Infallible> {
     Ok(SseEvent::default().data(v.to_string()))
 }
@@ -423,6 +460,7 @@ fn chat_stream(
     id: String,
     model: String,
     tools_active: bool,
+    mut decision: Option<Decision>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let created = now_secs();
@@ -457,6 +495,23 @@ fn chat_stream(
                     }
                 }
                 Some(Event::Done(c)) => {
+                    // Calls are held until the end, so a turn the decision sets aside is
+                    // generated again before anything of it was sent.
+                    if let (Some(d), false) = (decision.as_mut(), streaming_text) {
+                        match d.again(&c.text).await {
+                            Ok(Some((again, first))) => {
+                                rx = again;
+                                next = first;
+                                held.clear();
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                let _ = tx.send(sse_json(json!({"error": {"message": e.message, "type": e.kind}})));
+                                break;
+                            }
+                        }
+                    }
                     let (content, calls) = if tools_active && !streaming_text {
                         parse_tool_calls(&c.text)
                     } else {

@@ -32,8 +32,9 @@ check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, "
 
 tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-r = client.chat.completions.create(model=chat_model, temperature=0, tools=tools,
-                                   messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+paris = client.chat.completions.create(model=chat_model, temperature=0, tools=tools,
+                                       messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+r = paris
 calls = r.choices[0].message.tool_calls or []
 check(r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, "tool call returned")
 args = json.loads(calls[0].function.arguments)
@@ -49,15 +50,28 @@ r = client.chat.completions.create(model=chat_model, temperature=0, tools=tools,
     {"role": "user", "content": "What is the weather in Paris and what is the weather in Tokyo?"}])
 check(len(r.choices[0].message.tool_calls or []) == 1, "parallel_tool_calls false gives one call")
 
-# The tool result goes back and the model answers in text.
-r2 = client.chat.completions.create(model=chat_model, temperature=0, tools=tools, tool_choice="none", messages=[
-    {"role": "system", "content": "You are a weather assistant. When a tool result arrives, answer the user in one plain sentence."},
+# The tool result goes back and, with tool_choice left at auto, the model answers in text using it.
+r2 = client.chat.completions.create(model=chat_model, temperature=0, tools=tools, messages=[
     {"role": "user", "content": "What is the weather in Paris?"},
-    r.choices[0].message.model_dump(exclude_none=True),
+    paris.choices[0].message.model_dump(exclude_none=True),
     {"role": "tool", "tool_call_id": calls[0].id, "content": json.dumps({"temp_c": 21, "sky": "sunny"})}])
 answer = r2.choices[0].message.content or ""
-check("21" in answer and "<tool_call>" not in answer and not answer.lstrip().startswith("{") and not r2.choices[0].message.tool_calls,
-      f"with tool_choice none the answer is prose using the tool result ({answer!r})")
+check(r2.choices[0].finish_reason == "stop" and not r2.choices[0].message.tool_calls and "21" in answer
+      and "<tool_call>" not in answer and not answer.lstrip().startswith("{"),
+      f"the tool round trip ends in an answer that uses the result ({answer!r})")
+
+# A question no tool fits is answered, not forced into the nearest tool, streamed or not.
+for stream in (False, True):
+    kwargs = dict(model=chat_model, temperature=0, tools=tools,
+                  messages=[{"role": "user", "content": "What is the capital of France?"}])
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        called = any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    else:
+        m = client.chat.completions.create(**kwargs).choices[0].message
+        text, called = m.content or "", bool(m.tool_calls)
+    check(not called and "Paris" in text, f"no tool fits: answered in text (stream={stream}, {text!r})")
 
 r = client.chat.completions.create(model=chat_model, temperature=0, messages=[{"role": "user", "content": "Describe Oslo."}],
     response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": {
