@@ -7,7 +7,7 @@
 //! reviews the calls of a turn against what the model was shown and, where they are a weak match,
 //! names the constraint to generate the turn again under:
 //! - a call that repeats one whose result is already in the conversation: the turn is answered
-//!   in text;
+//!   in prose (`Retry::Answer`);
 //! - a call whose arguments are not supported by what was shown (`Grounding::supports_call`):
 //!   its tool is left out and the turn decided again among the rest, or answered when none is
 //!   left.
@@ -25,6 +25,16 @@ use crate::grounding::Grounding;
 
 /// Generations of one turn beyond the first, at most.
 pub const MAX_REVIEWS: usize = 3;
+
+/// How a set-aside turn is generated again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retry {
+    /// Decided again among the tools left, under this constraint.
+    Decide(Constraint),
+    /// Answered in prose (`prose_answer_grammar`), from the conversation rendered without the
+    /// tool menu: a small model shown the menu right after a tool's result keeps calling.
+    Answer,
+}
 
 /// Why a turn's calls were set aside (for logs, audit and the eval).
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +115,7 @@ impl CallDecision {
 
     /// Reviews a turn's calls. `None`: they stand (or there are none). `Some`: the turn is to be
     /// generated again under the constraint, for the reason given.
-    pub fn review(&mut self, calls: &[ToolCall]) -> Option<(Constraint, SetAside)> {
+    pub fn review(&mut self, calls: &[ToolCall]) -> Option<(Retry, SetAside)> {
         let reason = calls.iter().find_map(|c| self.set_aside(c))?;
         self.reviews += 1;
         match &reason {
@@ -120,16 +130,15 @@ impl CallDecision {
             .filter(|t| !self.left_out.contains(&t.name))
             .cloned()
             .collect();
-        let choice = if rest.is_empty() || self.reviews >= MAX_REVIEWS {
-            ToolChoice::None
-        } else {
-            ToolChoice::Auto
+        if rest.is_empty() || self.reviews >= MAX_REVIEWS {
+            return Some((Retry::Answer, reason));
+        }
+        // A tool list from a validated request compiles; should it not, the turn is answered.
+        let retry = match tool_calls_grammar(&rest, &ToolChoice::Auto, self.max_calls) {
+            Ok(c) => Retry::Decide(c),
+            Err(_) => Retry::Answer,
         };
-        // The text-only grammar cannot fail; a tool list from a validated request cannot either.
-        let constraint = tool_calls_grammar(&rest, &choice, self.max_calls)
-            .or_else(|_| tool_calls_grammar(&[], &ToolChoice::None, 1))
-            .ok()?;
-        Some((constraint, reason))
+        Some((retry, reason))
     }
 
     fn set_aside(&self, call: &ToolCall) -> Option<SetAside> {
@@ -178,13 +187,10 @@ mod tests {
     fn a_supported_call_stands_and_a_weak_one_is_decided_again_without_its_tool() {
         let messages = [json!({"role": "user", "content": "What is the capital of France?"})];
         let mut d = CallDecision::from_messages(&messages, vec![weather()], 8);
-        let (constraint, why) = d.review(&[call("Paris")]).unwrap();
+        let (retry, why) = d.review(&[call("Paris")]).unwrap();
         assert!(matches!(why, SetAside::WeakMatch { ref value, .. } if value == "Paris"));
         // No tool is left: the turn is answered in text.
-        assert_eq!(
-            constraint,
-            tool_calls_grammar(&[], &ToolChoice::None, 1).unwrap()
-        );
+        assert_eq!(retry, Retry::Answer);
         let messages = [json!({"role": "user", "content": "Weather in Paris?"})];
         let mut d = CallDecision::from_messages(&messages, vec![weather()], 8);
         assert_eq!(d.review(&[call("Paris")]), None);
@@ -200,8 +206,11 @@ mod tests {
             json!({"role": "tool", "tool_call_id": "c1", "content": "{\"temp_c\": 21}"}),
         ];
         let mut d = CallDecision::from_messages(&messages, vec![weather()], 8);
-        let (_, why) = d.review(&[call("Paris")]).unwrap();
-        assert_eq!(why, SetAside::Repeated("get_weather".into()));
+        let (retry, why) = d.review(&[call("Paris")]).unwrap();
+        assert_eq!(
+            (retry, why),
+            (Retry::Answer, SetAside::Repeated("get_weather".into()))
+        );
         // Other arguments make another call, which stands where it is supported.
         let mut d = CallDecision::from_messages(&messages, vec![weather()], 8);
         assert_eq!(d.review(&[call("Paris, France")]), None);

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use edgewise_core::SamplingParams;
 use edgewise_infer::{
-    grammar::describe_tools_for_prompt, parse_tool_calls, tool_calls_grammar, Engine,
+    grammar::{describe_tools_for_prompt, prose_answer_grammar},
+    parse_tool_calls, tool_calls_grammar, Engine,
     GenerateRequest, ToolCall, ToolChoice, ToolSpec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::call_decision::CallDecision;
+use crate::call_decision::{CallDecision, Retry};
 use crate::grounding::Grounding;
 use crate::runner::generate;
 use crate::AgentError;
@@ -333,11 +334,23 @@ pub async fn eval_tools(
         let mut completion = generate(engine, req.clone()).await?;
         let call_probability = completion.usage.call_probability;
         while let Some(d) = decision.as_mut() {
-            let Some((constraint, why)) = d.review(&parse_tool_calls(&completion.text).1) else {
+            let Some((retry, why)) = d.review(&parse_tool_calls(&completion.text).1) else {
                 break;
             };
             set_aside.push(format!("{why:?}: {}", completion.text.trim()));
-            req.constraint = Some(constraint);
+            match retry {
+                Retry::Decide(c) => req.constraint = Some(c),
+                Retry::Answer => {
+                    let plain = [
+                        json!({"role": "system", "content": EVAL_SYSTEM_PROMPT}),
+                        json!({"role": "user", "content": task.prompt}),
+                    ];
+                    req.prompt = template
+                        .render(&plain, None, true)
+                        .map_err(|e| AgentError::Other(format!("chat template: {e}")))?;
+                    req.constraint = Some(prose_answer_grammar());
+                }
+            }
             completion = generate(engine, req.clone()).await?;
         }
         let verdict = judge(&completion.text, task.expected_calls(), &specs, &validators);

@@ -77,6 +77,13 @@ const TEXT_RULE: &str = "TEXT: /[\\p{L}\\p{N}*#\"'-](.|\\n)*/\n";
 /// any other opening is a legitimate answer.
 const TEXT_ONLY_RULE: &str = "TEXT: /[^<{\\[`\\s](.|\\n)*/\n";
 
+/// A text answer for a turn the runtime decided not to call after the model had called: it opens
+/// with a letter or digit and holds no `<`, braces or brackets, so it cannot be a call written as
+/// text (a small model set on calling writes `({"name": ...})` under the plain text rule).
+pub fn prose_answer_grammar() -> Constraint {
+    Constraint::Lark("start: PROSE\nPROSE: /[\\p{L}\\p{N}][^<{}\\[\\]]*/\n".into())
+}
+
 /// The call-or-answer decision's default threshold (`GenerateRequest::call_threshold`): a call
 /// only where the model puts at least this probability on calling. Chosen on `edgewise eval
 /// tools` (see the README's figures).

@@ -13,7 +13,8 @@ use edgewise_infer::{
     parse_tool_calls, tool_calls_grammar, Completion, Constraint, Event, FinishReason,
     GenerateRequest, ToolChoice, ToolSpec, DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
 };
-use edgewise_agent::call_decision::CallDecision;
+use edgewise_agent::call_decision::{CallDecision, Retry};
+use edgewise_infer::grammar::prose_answer_grammar;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -329,6 +330,7 @@ pub async fn chat_completions(
         tool_choice(body.tool_choice.as_ref())?
     };
     let template = state.engine.template();
+    let messages_without_tools = messages.clone();
     let tools_for_template: Option<Vec<Value>> = match (&choice, template.supports_tools()) {
         (Some(_), true) => body.tools.clone(),
         (Some(_), false) => {
@@ -355,14 +357,21 @@ pub async fn chat_completions(
     };
     // With `auto` the runtime decides whether the turn calls: the model's probability of calling
     // against a threshold, then a review of the calls (see edgewise_agent::call_decision).
-    let decision = (choice == Some(ToolChoice::Auto)).then(|| {
-        req.call_threshold = Some(DEFAULT_CALL_THRESHOLD);
-        Decision {
-            state: state.clone(),
-            req: req.clone(),
-            review: CallDecision::from_messages(&body.messages, tools.clone(), max_calls),
+    let decision = match choice {
+        Some(ToolChoice::Auto) => {
+            req.call_threshold = Some(DEFAULT_CALL_THRESHOLD);
+            let answer_prompt = template
+                .render(&messages_without_tools, None, true)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Some(Decision {
+                state: state.clone(),
+                req: req.clone(),
+                review: CallDecision::from_messages(&body.messages, tools.clone(), max_calls),
+                answer_prompt,
+            })
         }
-    });
+        _ => None,
+    };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = state.engine.info().name.clone();
     let (rx, first) = match start(&state, req).await {
@@ -432,6 +441,8 @@ struct Decision {
     state: AppState,
     req: GenerateRequest,
     review: CallDecision,
+    /// The conversation rendered without the tool menu, for a turn to be answered in prose.
+    answer_prompt: String,
 }
 
 impl Decision {
@@ -441,11 +452,17 @@ impl Decision {
         &mut self,
         text: &str,
     ) -> Result<Option<(UnboundedReceiver<Event>, Option<Event>)>, ApiError> {
-        let Some((constraint, why)) = self.review.review(&parse_tool_calls(text).1) else {
+        let Some((retry, why)) = self.review.review(&parse_tool_calls(text).1) else {
             return Ok(None);
         };
         tracing::info!(?why, "tool calls set aside; the turn is decided again");
-        self.req.constraint = Some(constraint);
+        match retry {
+            Retry::Decide(c) => self.req.constraint = Some(c),
+            Retry::Answer => {
+                self.req.prompt = self.answer_prompt.clone();
+                self.req.constraint = Some(prose_answer_grammar());
+            }
+        }
         start(&self.state, self.req.clone()).await.map(Some)
     }
 }
