@@ -22,6 +22,15 @@ pub struct Grounding {
     identifiers: BTreeSet<String>,
     /// Lowercase words of three or more letters, for `supports_call`.
     words: BTreeSet<String>,
+    /// Shown lines with numbers: what each number was read for (`check_binding`).
+    lines: Vec<ShownLine>,
+}
+
+/// A shown line's identifiers and numbers: a reading belongs to what its line names.
+struct ShownLine {
+    ids: BTreeSet<String>,
+    numbers: Vec<f64>,
+    text: String,
 }
 
 /// A value the model wrote that it was never shown.
@@ -32,6 +41,9 @@ pub struct Ungrounded {
     pub argument: Option<String>,
     /// The shown values nearest to it, with the line each was shown on.
     pub nearest: Vec<String>,
+    /// Set where the value was shown, but only for other things than the one it is written
+    /// about (that thing, as written: `zone1`).
+    pub read_for_other: Option<String>,
 }
 
 impl Ungrounded {
@@ -41,10 +53,24 @@ impl Ungrounded {
             Some(a) => format!("in the argument '{a}'"),
             None => "in your answer".into(),
         };
-        let mut hint = format!(
-            "Not done: {} {place} does not appear in the task or in any tool result.",
-            self.value
-        );
+        let mut hint = match &self.read_for_other {
+            Some(subject) => format!(
+                "Not done: {} {place} was not read for {subject}. It appears only in:",
+                self.value
+            ),
+            None => format!(
+                "Not done: {} {place} does not appear in the task or in any tool result.",
+                self.value
+            ),
+        };
+        if self.read_for_other.is_some() {
+            for n in &self.nearest {
+                hint.push_str("\n  ");
+                hint.push_str(n);
+            }
+            hint.push_str("\nUse the values from the line of what you write about.");
+            return hint;
+        }
         if !self.nearest.is_empty() {
             hint.push_str(" Values that do appear, nearest first:");
             for n in &self.nearest {
@@ -69,25 +95,103 @@ impl Grounding {
         self.words.extend(words(text));
         for line in text.lines() {
             let shown = shorten(line.trim());
+            let mut read = ShownLine {
+                ids: BTreeSet::new(),
+                numbers: Vec::new(),
+                text: shown.clone(),
+            };
             for token in tokens(line, true) {
                 match token {
-                    Token::Number(n, _) => self.numbers.push((n, shown.clone())),
+                    Token::Number(n, _) => {
+                        self.numbers.push((n, shown.clone()));
+                        read.numbers.push(n);
+                    }
                     Token::Identifier(id, _) => {
-                        self.identifiers.insert(id);
+                        self.identifiers.insert(id.clone());
+                        read.ids.insert(id);
                     }
                 }
+            }
+            if !read.numbers.is_empty() {
+                self.lines.push(read);
             }
         }
     }
 
     /// Checks free text (the final answer).
     pub fn check_text(&self, text: &str) -> Result<(), Ungrounded> {
-        self.check_str(text, None)
+        self.check_str(text, None)?;
+        self.check_binding(text, None)
     }
 
     /// Checks every string and number in a call's arguments, except those under `free` keys.
     pub fn check_arguments(&self, args: &Value, free: &[String]) -> Result<(), Ungrounded> {
-        self.check_value(args, None, free)
+        self.check_value(args, None, free)?;
+        // Values of one call are about the same things: `{"zone": "zone1", "bar": 8.81}` binds
+        // as `zone1 8.81` does.
+        let mut text = String::new();
+        collect_checked_text(args, None, free, &mut text);
+        self.check_binding(&text, None)
+    }
+
+    /// A number written next to the name of what it is about must have been read for that: on
+    /// a shown line that names it (`zone4 8.81`, not `zone1 8.81` where the line with 8.81 names
+    /// only zone4). Lines that name nothing (the task's own numbers) bind to anything, and text
+    /// that names nothing shown is not checked.
+    fn check_binding(&self, text: &str, key: Option<&str>) -> Result<(), Ungrounded> {
+        let subjects = self.subjects(text);
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        for token in tokens(text, false) {
+            let Token::Number(n, written) = token else {
+                continue;
+            };
+            let on: Vec<&ShownLine> = self
+                .lines
+                .iter()
+                .filter(|l| l.numbers.iter().any(|m| same_number(*m, n)))
+                .collect();
+            let bound = on.is_empty()
+                || on
+                    .iter()
+                    .any(|l| l.ids.is_empty() || l.ids.iter().any(|id| subjects.contains(id)));
+            if !bound {
+                return Err(Ungrounded {
+                    value: written,
+                    argument: key.map(str::to_owned),
+                    nearest: on.iter().take(3).map(|l| l.text.clone()).collect(),
+                    read_for_other: subjects.iter().next().cloned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shown identifiers a text names: as written (`zone4`, `S-17`) or as a word and a
+    /// number (`Zone 4`).
+    fn subjects(&self, text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for token in tokens(text, false) {
+            if let Token::Identifier(id, _) = token {
+                if self.identifiers.contains(&id) {
+                    out.insert(id);
+                }
+            }
+        }
+        let parts: Vec<&str> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        for pair in parts.windows(2) {
+            if pair[0].chars().all(char::is_alphabetic) && pair[1].chars().all(|c| c.is_ascii_digit()) {
+                let id = format!("{}{}", pair[0].to_lowercase(), pair[1]);
+                if self.identifiers.contains(&id) {
+                    out.insert(id);
+                }
+            }
+        }
+        out
     }
 
     /// Whether a call is supported by what was shown: each free argument value (a string
@@ -125,6 +229,7 @@ impl Grounding {
                 value: v.text,
                 argument: v.key,
                 nearest: Vec::new(),
+                read_for_other: None,
             }),
             _ => Ok(()),
         }
@@ -179,6 +284,7 @@ impl Grounding {
                     value: written.clone(),
                     argument: key.map(str::to_owned),
                     nearest: self.nearest(&token),
+                    read_for_other: None,
                 });
             }
         }
@@ -229,6 +335,30 @@ fn shorten(line: &str) -> String {
     }
     let cut: String = line.chars().take(117).collect();
     format!("{cut}...")
+}
+
+/// The checked strings and numbers of a call's arguments, one per line.
+fn collect_checked_text(v: &Value, key: Option<&str>, free: &[String], out: &mut String) {
+    if key.is_some_and(|k| free.iter().any(|f| f == k)) {
+        return;
+    }
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push('\n');
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| collect_checked_text(i, key, free, out)),
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| collect_checked_text(v, Some(k), free, out)),
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 /// An argument value, for `Grounding::supports_call`.
@@ -410,6 +540,28 @@ mod tests {
         let e = g.check_text("Alert sent for zone7 and V-12.").unwrap_err();
         assert_eq!(e.value, "zone7");
         assert!(e.nearest.contains(&"zone4".to_owned()), "{:?}", e.nearest);
+    }
+
+    #[test]
+    fn a_value_read_for_another_zone_is_refused_with_the_line_it_was_read_on() {
+        let g = shown();
+        for ok in [
+            "Zone 4 pressure 8.81 bar is over the 6.0 bar limit",
+            "zone4 at 8.81; zone1 at 4.12",
+            "8.81 bar over the limit",
+        ] {
+            assert_eq!(g.check_text(ok), Ok(()), "{ok}");
+        }
+        let e = g.check_text("Alert: Zone 1 pressure 8.81 bar").unwrap_err();
+        assert_eq!((e.value.as_str(), e.read_for_other.as_deref()), ("8.81", Some("zone1")));
+        let hint = e.hint();
+        assert!(hint.contains("8.81 in your answer was not read for zone1"), "{hint}");
+        assert!(hint.contains("zone=zone4 pressure_bar=8.81"), "{hint}");
+        // Across the values of one call too.
+        let e = g
+            .check_arguments(&json!({"zone": "zone1", "pressure": 8.81}), &[])
+            .unwrap_err();
+        assert_eq!(e.read_for_other.as_deref(), Some("zone1"));
     }
 
     #[test]
