@@ -48,11 +48,12 @@ models: build
 	$(BIN) pull all-minilm-l6-v2
 	$(BIN) pull gemma-3-270m
 
-# The official OpenAI client and jinja2, used by the e2e tests as reference peers.
+# The official OpenAI client and jinja2, used by the e2e tests as reference peers; pyyaml reads
+# eval/tools.yaml for bench/eval-llama-server.sh.
 venv: $(VENV)/.ready
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV) || { apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
-	$(VENV)/bin/pip install -q --disable-pip-version-check openai==1.* jinja2==3.* mcp==1.*
+	$(VENV)/bin/pip install -q --disable-pip-version-check openai==1.* jinja2==3.* mcp==1.* pyyaml==6.*
 	touch $@
 
 demo: models components

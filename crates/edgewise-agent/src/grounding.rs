@@ -47,6 +47,14 @@ pub struct Ungrounded {
 }
 
 impl Ungrounded {
+    /// What was wrong, in a few words (audit records, logs).
+    pub fn reason(&self) -> String {
+        match &self.read_for_other {
+            Some(subject) => format!("{} was not read for {subject}", self.value),
+            None => format!("{} was never shown", self.value),
+        }
+    }
+
     /// What the model is told: which value, and what it could have meant.
     pub fn hint(&self) -> String {
         let place = match &self.argument {

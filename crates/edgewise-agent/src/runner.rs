@@ -599,7 +599,7 @@ impl Agent {
                         record,
                         rec,
                         &prompt_sha,
-                        Some(format!("answer refused: {} was never shown", refusal.value)),
+                        Some(format!("answer refused: {}", refusal.reason())),
                         emit,
                     )?;
                     failures += 1;
@@ -707,7 +707,7 @@ impl Agent {
                     (Verdict::Ungrounded(refusal), _) => (
                         "ungrounded",
                         refusal.hint(),
-                        Some(format!("call refused: {} was never shown", refusal.value)),
+                        Some(format!("call refused: {}", refusal.reason())),
                     ),
                     (Verdict::OverBudget, _) => (
                         "refused",
