@@ -30,6 +30,9 @@ pub struct Grounding {
 struct ShownLine {
     ids: BTreeSet<String>,
     numbers: Vec<f64>,
+    /// `key=value` fields with a number for their value (the compact observation form): the
+    /// key's words and the number.
+    fields: Vec<(BTreeSet<String>, f64)>,
     text: String,
 }
 
@@ -106,6 +109,7 @@ impl Grounding {
             let mut read = ShownLine {
                 ids: BTreeSet::new(),
                 numbers: Vec::new(),
+                fields: numeric_fields(line),
                 text: shown.clone(),
             };
             for token in tokens(line, true) {
@@ -151,25 +155,67 @@ impl Grounding {
         if subjects.is_empty() {
             return Ok(());
         }
+        // Where the previous number ended: the words since then name the next one's field.
+        let mut cursor = 0;
         for token in tokens(text, false) {
             let Token::Number(n, written) = token else {
                 continue;
             };
+            let at = text[cursor..].find(&written).map_or(cursor, |i| cursor + i);
+            let before = &text[cursor..at];
+            cursor = (at + written.len()).min(text.len());
             let on: Vec<&ShownLine> = self
                 .lines
                 .iter()
                 .filter(|l| l.numbers.iter().any(|m| same_number(*m, n)))
                 .collect();
-            let bound = on.is_empty()
-                || on
-                    .iter()
-                    .any(|l| l.ids.is_empty() || l.ids.iter().any(|id| subjects.contains(id)));
-            if !bound {
+            let about: Vec<&ShownLine> = on
+                .iter()
+                .copied()
+                .filter(|l| l.ids.is_empty() || l.ids.iter().any(|id| subjects.contains(id)))
+                .collect();
+            if !on.is_empty() && about.is_empty() {
                 return Err(Ungrounded {
                     value: written,
                     argument: key.map(str::to_owned),
                     nearest: on.iter().take(3).map(|l| l.text.clone()).collect(),
                     read_for_other: subjects.iter().next().cloned(),
+                });
+            }
+            // On the lines it is about, the number must be the field the words before it name,
+            // where they name one (`torque 1041` where 1041 is the line's `cycles`).
+            let written_words = words(before);
+            let named = |fields: &[(BTreeSet<String>, f64)]| -> Vec<f64> {
+                fields
+                    .iter()
+                    .filter(|(k, _)| k.iter().any(|w| written_words.contains(w)))
+                    .map(|(_, v)| *v)
+                    .collect()
+            };
+            let misread = about.iter().find_map(|l| {
+                let values = named(&l.fields);
+                let field_of_n = l.fields.iter().any(|(_, v)| same_number(*v, n));
+                (field_of_n && !values.is_empty() && !values.iter().any(|v| same_number(*v, n)))
+                    .then_some(*l)
+            });
+            let fits_somewhere = about.iter().any(|l| {
+                let values = named(&l.fields);
+                values.is_empty() || values.iter().any(|v| same_number(*v, n))
+            });
+            if let (Some(line), false) = (misread, fits_somewhere) {
+                return Err(Ungrounded {
+                    value: written,
+                    argument: key.map(str::to_owned),
+                    nearest: vec![line.text.clone()],
+                    read_for_other: Some(format!(
+                        "what you name ({})",
+                        line.fields
+                            .iter()
+                            .filter(|(k, _)| k.iter().any(|w| written_words.contains(w)))
+                            .flat_map(|(k, _)| k.iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                 });
             }
         }
@@ -343,6 +389,27 @@ fn shorten(line: &str) -> String {
     }
     let cut: String = line.chars().take(117).collect();
     format!("{cut}...")
+}
+
+/// The `key=value` fields of a line whose value is one number, keyed by the words that set
+/// the key apart from the line's other keys (`pressure_bar=8.81 limit_bar=6.0` → {pressure}
+/// 8.81, {limit} 6.0: the shared unit names neither).
+fn numeric_fields(line: &str) -> Vec<(BTreeSet<String>, f64)> {
+    let fields: Vec<(BTreeSet<String>, f64)> = line
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.trim_start_matches('-').split_once('=')?;
+            let v = v.trim_matches(|c: char| matches!(c, '"' | ',' | ';'));
+            let n = v.parse::<f64>().ok()?;
+            Some((words(&k.replace('_', " ")), n))
+        })
+        .collect();
+    let shared = |w: &String| fields.iter().filter(|(k, _)| k.contains(w)).count() > 1;
+    fields
+        .iter()
+        .map(|(k, n)| (k.iter().filter(|w| !shared(w)).cloned().collect(), *n))
+        .filter(|(k, _): &(BTreeSet<String>, f64)| !k.is_empty())
+        .collect()
 }
 
 /// The checked strings and numbers of a call's arguments, one per line.
@@ -565,6 +632,11 @@ mod tests {
         let hint = e.hint();
         assert!(hint.contains("8.81 in your answer was not read for zone1"), "{hint}");
         assert!(hint.contains("zone=zone4 pressure_bar=8.81"), "{hint}");
+        // A number of the right line but another field than the one named.
+        let e = g.check_text("Zone 4 pressure is 6.0 bar").unwrap_err();
+        assert_eq!(e.value, "6.0");
+        assert!(e.hint().contains("was not read for what you name (pressure)"), "{}", e.hint());
+        assert_eq!(g.check_text("Zone 4 pressure 8.81 bar, limit 6.0 bar"), Ok(()));
         // Across the values of one call too.
         let e = g
             .check_arguments(&json!({"zone": "zone1", "pressure": 8.81}), &[])
