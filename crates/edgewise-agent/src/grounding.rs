@@ -33,9 +33,6 @@ struct ShownLine {
     /// `key=value` fields with a number for their value (the compact observation form): the
     /// key's words and the number.
     fields: Vec<(BTreeSet<String>, f64)>,
-    /// `key=value` fields whose value is words without digits (`status="OVER LIMIT"`),
-    /// lowercase: a state the line reports for what it names.
-    labels: Vec<(String, String)>,
     text: String,
 }
 
@@ -113,7 +110,6 @@ impl Grounding {
                 ids: BTreeSet::new(),
                 numbers: Vec::new(),
                 fields: numeric_fields(line),
-                labels: label_fields(line),
                 text: shown.clone(),
             };
             for token in tokens(line, true) {
@@ -128,7 +124,7 @@ impl Grounding {
                     }
                 }
             }
-            if !read.numbers.is_empty() || !read.labels.is_empty() {
+            if !read.numbers.is_empty() {
                 self.lines.push(read);
             }
         }
@@ -137,8 +133,7 @@ impl Grounding {
     /// Checks free text (the final answer).
     pub fn check_text(&self, text: &str) -> Result<(), Ungrounded> {
         self.check_str(text, None)?;
-        self.check_binding(text, None)?;
-        self.check_labels(text, None)
+        self.check_binding(text, None)
     }
 
     /// Checks every string and number in a call's arguments, except those under `free` keys.
@@ -148,58 +143,7 @@ impl Grounding {
         // as `zone1 8.81` does.
         let mut text = String::new();
         collect_checked_text(args, None, free, &mut text);
-        self.check_binding(&text, None)?;
-        self.check_labels(&text, None)
-    }
-
-    /// A state written about something must be the one its line reports: `zone1 ... over limit`
-    /// is refused where zone1's line says `status=ok` and another line `status="OVER LIMIT"`,
-    /// unless the text also gives zone1's own state.
-    fn check_labels(&self, text: &str, key: Option<&str>) -> Result<(), Ungrounded> {
-        let subjects = self.subjects(text);
-        if subjects.is_empty() {
-            return Ok(());
-        }
-        let said: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
-        let says = |value: &str| {
-            let v: Vec<&str> = value
-                .split(|c: char| !c.is_alphanumeric())
-                .filter(|w| !w.is_empty())
-                .collect();
-            !v.is_empty() && said.windows(v.len()).any(|w| w.iter().zip(&v).all(|(a, b)| a == b))
-        };
-        for subject in &subjects {
-            let own = self
-                .lines
-                .iter()
-                .filter(|l| l.ids.len() == 1 && l.ids.contains(subject));
-            for line in own {
-                for (k, state) in &line.labels {
-                    if says(state) {
-                        continue;
-                    }
-                    let other = self.lines.iter().find_map(|l| {
-                        l.labels
-                            .iter()
-                            .find(|(k2, v)| k2 == k && v != state && says(v))
-                            .map(|(_, v)| (l, v))
-                    });
-                    if let Some((l, v)) = other {
-                        return Err(Ungrounded {
-                            value: format!("{k} {v}"),
-                            argument: key.map(str::to_owned),
-                            nearest: vec![l.text.clone(), line.text.clone()],
-                            read_for_other: Some(subject.clone()),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.check_binding(&text, None)
     }
 
     /// A number written next to the name of what it is about must have been read for that: on
@@ -241,26 +185,21 @@ impl Grounding {
             // On the lines it is about, the number must be the field the words before it name,
             // where they name one (`torque 1041` where 1041 is the line's `cycles`).
             let written_words = words(before);
-            // A state's words (`OVER LIMIT`) name no field (`limit_bar`).
-            let named = |l: &ShownLine| -> Vec<f64> {
-                let naming: BTreeSet<&String> = written_words
+            let named = |fields: &[(BTreeSet<String>, f64)]| -> Vec<f64> {
+                fields
                     .iter()
-                    .filter(|w| !l.labels.iter().any(|(_, v)| words(v).contains(*w)))
-                    .collect();
-                l.fields
-                    .iter()
-                    .filter(|(k, _)| k.iter().any(|w| naming.contains(w)))
+                    .filter(|(k, _)| k.iter().any(|w| written_words.contains(w)))
                     .map(|(_, v)| *v)
                     .collect()
             };
             let misread = about.iter().find_map(|l| {
-                let values = named(l);
+                let values = named(&l.fields);
                 let field_of_n = l.fields.iter().any(|(_, v)| same_number(*v, n));
                 (field_of_n && !values.is_empty() && !values.iter().any(|v| same_number(*v, n)))
                     .then_some(*l)
             });
             let fits_somewhere = about.iter().any(|l| {
-                let values = named(l);
+                let values = named(&l.fields);
                 values.is_empty() || values.iter().any(|v| same_number(*v, n))
             });
             if let (Some(line), false) = (misread, fits_somewhere) {
@@ -456,58 +395,20 @@ fn shorten(line: &str) -> String {
 /// the key apart from the line's other keys (`pressure_bar=8.81 limit_bar=6.0` → {pressure}
 /// 8.81, {limit} 6.0: the shared unit names neither).
 fn numeric_fields(line: &str) -> Vec<(BTreeSet<String>, f64)> {
-    let fields: Vec<(BTreeSet<String>, f64)> = key_values(line)
-        .into_iter()
-        .filter_map(|(k, v)| Some((words(&k.replace('_', " ")), v.parse::<f64>().ok()?)))
+    let fields: Vec<(BTreeSet<String>, f64)> = line
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.trim_start_matches('-').split_once('=')?;
+            let v = v.trim_matches(|c: char| matches!(c, '"' | ',' | ';'));
+            let n = v.parse::<f64>().ok()?;
+            Some((words(&k.replace('_', " ")), n))
+        })
         .collect();
     let shared = |w: &String| fields.iter().filter(|(k, _)| k.contains(w)).count() > 1;
     fields
         .iter()
         .map(|(k, n)| (k.iter().filter(|w| !shared(w)).cloned().collect(), *n))
         .filter(|(k, _): &(BTreeSet<String>, f64)| !k.is_empty())
-        .collect()
-}
-
-/// The `key=value` fields of a line; a value in double quotes may hold spaces.
-fn key_values(line: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = line;
-    while let Some(eq) = rest.find('=') {
-        let key: String = rest[..eq]
-            .chars()
-            .rev()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let after = &rest[eq + 1..];
-        let (value, next) = match after.strip_prefix('"') {
-            Some(quoted) => match quoted.find('"') {
-                Some(end) => (&quoted[..end], &quoted[end + 1..]),
-                None => (quoted, ""),
-            },
-            None => {
-                let end = after.find(char::is_whitespace).unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            }
-        };
-        if !key.is_empty() {
-            out.push((key, value.trim_end_matches([',', ';']).to_owned()));
-        }
-        rest = next;
-    }
-    out
-}
-
-/// The fields of a line whose value is words without digits, lowercase.
-fn label_fields(line: &str) -> Vec<(String, String)> {
-    key_values(line)
-        .into_iter()
-        .filter(|(_, v)| {
-            v.chars().any(char::is_alphabetic) && !v.chars().any(|c| c.is_ascii_digit())
-        })
-        .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
         .collect()
 }
 
@@ -736,13 +637,6 @@ mod tests {
         assert_eq!(e.value, "6.0");
         assert!(e.hint().contains("was not read for what you name (pressure)"), "{}", e.hint());
         assert_eq!(g.check_text("Zone 4 pressure 8.81 bar, limit 6.0 bar"), Ok(()));
-        // A state read for another zone.
-        let e = g
-            .check_text("Zone pressure over limit: zone1 and zone4 (8.81 bar)")
-            .unwrap_err();
-        assert_eq!(e.read_for_other.as_deref(), Some("zone1"));
-        assert!(e.hint().contains("status over limit"), "{}", e.hint());
-        assert_eq!(g.check_text("zone4 is OVER LIMIT at 8.81 bar; zone1 is ok"), Ok(()));
         // Across the values of one call too.
         let e = g
             .check_arguments(&json!({"zone": "zone1", "pressure": 8.81}), &[])
