@@ -42,7 +42,11 @@ pub enum SetAside {
     /// The call repeats one whose result the conversation already holds.
     Repeated(String),
     /// The call's argument has a value or words the model was never shown.
-    WeakMatch { tool: String, argument: String, value: String },
+    WeakMatch {
+        tool: String,
+        argument: String,
+        value: String,
+    },
 }
 
 pub struct CallDecision {
@@ -119,7 +123,9 @@ impl CallDecision {
         let reason = calls.iter().find_map(|c| self.set_aside(c))?;
         self.reviews += 1;
         match &reason {
-            SetAside::Repeated(_) => self.left_out.extend(self.tools.iter().map(|t| t.name.clone())),
+            SetAside::Repeated(_) => self
+                .left_out
+                .extend(self.tools.iter().map(|t| t.name.clone())),
             SetAside::WeakMatch { tool, .. } => {
                 self.left_out.insert(tool.clone());
             }

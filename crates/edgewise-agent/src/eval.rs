@@ -9,8 +9,7 @@ use std::time::Instant;
 use edgewise_core::SamplingParams;
 use edgewise_infer::{
     grammar::{describe_tools_for_prompt, prose_answer_grammar},
-    parse_tool_calls, tool_calls_grammar, Engine,
-    GenerateRequest, ToolCall, ToolChoice, ToolSpec,
+    parse_tool_calls, tool_calls_grammar, Engine, GenerateRequest, ToolCall, ToolChoice, ToolSpec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -133,15 +132,24 @@ impl EvalSet {
             }
             for name in t.tools.iter().flatten() {
                 if !set.tools.iter().any(|tool| &tool.name == name) {
-                    return Err(bad(i, format!("offers tool '{name}', which the set does not declare")));
+                    return Err(bad(
+                        i,
+                        format!("offers tool '{name}', which the set does not declare"),
+                    ));
                 }
             }
             if t.tools.as_ref().is_some_and(|t| t.is_empty()) {
-                return Err(bad(i, "offers no tools (leave 'tools' out to offer all)".into()));
+                return Err(bad(
+                    i,
+                    "offers no tools (leave 'tools' out to offer all)".into(),
+                ));
             }
             for c in t.expected_calls() {
                 if !t.offers(&c.tool) || !set.tools.iter().any(|tool| tool.name == c.tool) {
-                    return Err(bad(i, format!("expects tool '{}', which the task does not offer", c.tool)));
+                    return Err(bad(
+                        i,
+                        format!("expects tool '{}', which the task does not offer", c.tool),
+                    ));
                 }
             }
         }
@@ -447,9 +455,10 @@ fn judge(
 fn matches_in_any_order(calls: &[ToolCall], expected: &[Expected]) -> bool {
     let mut used = vec![false; calls.len()];
     expected.iter().all(|e| {
-        let hit = calls.iter().enumerate().position(|(j, c)| {
-            !used[j] && c.name == e.tool && same(&c.arguments, &e.arguments)
-        });
+        let hit = calls
+            .iter()
+            .enumerate()
+            .position(|(j, c)| !used[j] && c.name == e.tool && same(&c.arguments, &e.arguments));
         hit.map(|j| used[j] = true).is_some()
     })
 }
@@ -531,11 +540,19 @@ mod tests {
             expected("set_timer", json!({"minutes": 9})),
         ];
         let v2 = |out: &str| judge(out, &two, &specs, &validators);
-        let call = |m: u32| format!("<tool_call>\n{{\"name\": \"set_timer\", \"arguments\": {{\"minutes\": {m}}}}}\n</tool_call>");
+        let call = |m: u32| {
+            format!("<tool_call>\n{{\"name\": \"set_timer\", \"arguments\": {{\"minutes\": {m}}}}}\n</tool_call>")
+        };
         assert_eq!(v2(&format!("{}\n{}", call(9), call(5))), Verdict::Exact);
-        assert_eq!(v2(&format!("{}\n{}", call(5), call(6))), Verdict::WrongArguments);
+        assert_eq!(
+            v2(&format!("{}\n{}", call(5), call(6))),
+            Verdict::WrongArguments
+        );
         // A repeat of a call in the same turn counts once.
-        assert_eq!(v2(&format!("{}\n{}", call(5), call(5))), Verdict::WrongCallCount);
+        assert_eq!(
+            v2(&format!("{}\n{}", call(5), call(5))),
+            Verdict::WrongCallCount
+        );
         assert_eq!(v2(&call(5)), Verdict::WrongCallCount);
         let v0 = |out: &str| judge(out, &[], &specs, &validators);
         assert_eq!(v0("Paris is the capital of France."), Verdict::Answered);
@@ -553,7 +570,9 @@ mod tests {
         };
         assert!(err("  - {prompt: p, expect: nothing}\n").contains("task 1: expect is 'nothing'"));
         assert!(err("  - {prompt: p, tools: [b], expect: answer}\n").contains("offers tool 'b'"));
-        assert!(err("  - {prompt: p, expect: {tool: b, arguments: {}}}\n").contains("expects tool 'b'"));
+        assert!(
+            err("  - {prompt: p, expect: {tool: b, arguments: {}}}\n").contains("expects tool 'b'")
+        );
         assert!(err("  - {prompt: p, tools: [], expect: answer}\n").contains("offers no tools"));
     }
 

@@ -842,7 +842,11 @@ fn constrained_sample(
     let mut call_probability = None;
     if let Some((openers, threshold)) = decision {
         let opens = |d: &llama_cpp_2::token::data::LlamaTokenData| {
-            openers.opens.get(d.id().0 as usize).copied().unwrap_or(false)
+            openers
+                .opens
+                .get(d.id().0 as usize)
+                .copied()
+                .unwrap_or(false)
         };
         let max = arr
             .data
@@ -864,9 +868,11 @@ fn constrained_sample(
         if text_allowed && call > 0.0 && total > 0.0 {
             let p = (call / total) as f32;
             call_probability = Some(p);
-            let block_allowed = openers
-                .block
-                .is_some_and(|b| arr.data.iter().any(|d| d.id() == b && d.logit().is_finite()));
+            let block_allowed = openers.block.is_some_and(|b| {
+                arr.data
+                    .iter()
+                    .any(|d| d.id() == b && d.logit().is_finite())
+            });
             for d in arr.data.iter_mut() {
                 let keep = if p < threshold {
                     !opens(d)

@@ -8,13 +8,13 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use edgewise_agent::call_decision::{CallDecision, Retry};
 use edgewise_core::SamplingParams;
+use edgewise_infer::grammar::prose_answer_grammar;
 use edgewise_infer::{
     parse_tool_calls, tool_calls_grammar, Completion, Constraint, Event, FinishReason,
     GenerateRequest, ToolChoice, ToolSpec, DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
 };
-use edgewise_agent::call_decision::{CallDecision, Retry};
-use edgewise_infer::grammar::prose_answer_grammar;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -524,7 +524,9 @@ fn chat_stream(
                             }
                             Ok(None) => {}
                             Err(e) => {
-                                let _ = tx.send(sse_json(json!({"error": {"message": e.message, "type": e.kind}})));
+                                let _ = tx.send(sse_json(
+                                    json!({"error": {"message": e.message, "type": e.kind}}),
+                                ));
                                 break;
                             }
                         }

@@ -134,7 +134,12 @@ pub fn run(node: &Node, cmd: EvalCommand) -> Result<()> {
 
 fn score(r: &EvalReport, c: Category) -> String {
     match r.category(c) {
-        Some(s) if s.tasks > 0 => format!("{:.2} ({}/{})", s.right as f64 / s.tasks as f64, s.right, s.tasks),
+        Some(s) if s.tasks > 0 => format!(
+            "{:.2} ({}/{})",
+            s.right as f64 / s.tasks as f64,
+            s.right,
+            s.tasks
+        ),
         _ => "-".into(),
     }
 }

@@ -26,7 +26,8 @@ workflow_policy:
   max_retries: 4
 "#;
 
-const TASK: &str = "Read the log with station_log and report the torque of station S-17 in Nm, exactly as logged.";
+const TASK: &str =
+    "Read the log with station_log and report the torque of station S-17 in Nm, exactly as logged.";
 
 /// Sixteen stations with torques within a few Nm of each other; `run` varies the values.
 fn station_log(run: u64) -> (Value, String) {
@@ -81,7 +82,10 @@ fn an_agent_reports_the_value_it_read_among_similar_ones_and_refusals_are_audite
         let config = home.path().join(format!("config{run}.yaml"));
         std::fs::write(
             &config,
-            format!("threads: 2\nagent_policy:\n  unix_sockets: [\"{}\"]\n", socket.display()),
+            format!(
+                "threads: 2\nagent_policy:\n  unix_sockets: [\"{}\"]\n",
+                socket.display()
+            ),
         )
         .unwrap();
         let out = edgewise(home.path())
@@ -115,7 +119,12 @@ fn an_agent_reports_the_value_it_read_among_similar_ones_and_refusals_are_audite
             .lines()
             .filter(|l| l.contains("refused: "))
             .count();
-        assert_eq!(audited, refused.len(), "run {run}: refusals not audited: {}", text(&out));
+        assert_eq!(
+            audited,
+            refused.len(),
+            "run {run}: refusals not audited: {}",
+            text(&out)
+        );
         report.push(format!(
             "run {run}: S-17 = {target}: {} answer={answer:?} refused={refused:?}",
             if exact { "right" } else { "WRONG" }
