@@ -78,6 +78,13 @@ impl CallDecision {
     pub fn from_messages(messages: &[Value], tools: Vec<ToolSpec>, max_calls: usize) -> Self {
         let mut shown = Grounding::default();
         let mut answered = Vec::new();
+        // One pass for the answered ids: a request may hold many calls and results, and pairing
+        // them by scanning would be quadratic in what a client sends.
+        let results: std::collections::HashSet<&str> = messages
+            .iter()
+            .filter(|r| r.get("role").and_then(Value::as_str) == Some("tool"))
+            .filter_map(|r| r.get("tool_call_id").and_then(Value::as_str))
+            .collect();
         for m in messages {
             match m.get("content") {
                 Some(Value::String(s)) => shown.add(s),
@@ -93,11 +100,10 @@ impl CallDecision {
                 .into_iter()
                 .flatten()
             {
-                let id = call.get("id").and_then(Value::as_str);
-                let answered_later = messages.iter().any(|r| {
-                    r.get("role").and_then(Value::as_str) == Some("tool")
-                        && r.get("tool_call_id").and_then(Value::as_str) == id
-                });
+                let answered_later = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| results.contains(id));
                 let f = &call["function"];
                 let arguments = match &f["arguments"] {
                     Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
