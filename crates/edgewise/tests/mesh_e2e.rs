@@ -648,15 +648,18 @@ fn a_healed_partition_converges_shared_documents_and_collections() {
     };
     import(0, &delta_a);
     import(2, &delta_c);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (a, b, c) = (
-        shared_state(&lan, 0),
-        shared_state(&lan, 1),
-        shared_state(&lan, 2),
+    // b and c are still linked: c's writes reach b within a few share rounds (a loaded 2-core
+    // runner has been seen to need more than 1.5 s for the collection, which b creates on its
+    // first pull).
+    wait_until(
+        Duration::from_secs(10),
+        "c's writes did not reach b although they are still linked",
+        || shared_state(&lan, 1) == shared_state(&lan, 2),
     );
+    let (a, c) = (shared_state(&lan, 0), shared_state(&lan, 2));
     assert_eq!(a.0["zone4/valve"]["value"], "open", "{a:?}");
     assert_eq!(c.0["zone4/valve"]["value"], "closed", "{c:?}");
-    assert_eq!(b, c, "b and c are still linked");
+    assert_eq!(c.2.as_array().map(Vec::len), Some(1), "{c:?}");
     assert_ne!(a, c, "a is cut off");
 
     // Heal: within 2 s every node holds the same state, with the same winners.
