@@ -60,6 +60,28 @@ impl Conversation {
         self.turns.push(json!({"role": "user", "content": note}));
     }
 
+    /// Takes `items` (whole lines of earlier tool results) out of every tool result shown, with
+    /// `note` in their place once per result. After a call that acted on items the task does not
+    /// ask for, the model retries from results without them: shown its refused call instead, a
+    /// small model writes it again verbatim.
+    pub fn leave_out(&mut self, items: &[String], note: &str) {
+        for turn in &mut self.turns {
+            if turn["role"] != "tool" {
+                continue;
+            }
+            let Some(content) = turn["content"].as_str() else {
+                continue;
+            };
+            let kept: Vec<&str> = content
+                .split('\n')
+                .filter(|line| !items.iter().any(|i| i.split('\n').any(|l| l == *line)))
+                .collect();
+            if kept.len() < content.split('\n').count() {
+                turn["content"] = Value::String(format!("{}\n{note}", kept.join("\n")));
+            }
+        }
+    }
+
     pub fn task(&self) -> &str {
         &self.task
     }
@@ -169,6 +191,21 @@ mod tests {
             );
         }
         c
+    }
+
+    #[test]
+    fn items_left_out_leave_the_rest_of_each_result() {
+        let mut c = Conversation::new("sys".into(), Vec::new(), "task".into());
+        let read = "zones:\n- zone=zone1 status=ok\n- zone=zone4 status=over";
+        c.push_calls("<call 1>", &[("read".into(), read.into())]);
+        c.push_calls("<call 2>", &[("read".into(), "delivered".into())]);
+        c.leave_out(&["- zone=zone1 status=ok".into()], "(1 item left out)");
+        let m = c.messages();
+        assert_eq!(
+            m[3]["content"],
+            "zones:\n- zone=zone4 status=over\n(1 item left out)"
+        );
+        assert_eq!(m[5]["content"], "delivered");
     }
 
     #[test]

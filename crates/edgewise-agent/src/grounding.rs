@@ -153,7 +153,7 @@ impl Grounding {
     /// only zone4). Lines that name nothing (the task's own numbers) bind to anything, and text
     /// that names nothing shown is not checked.
     fn check_binding(&self, text: &str, key: Option<&str>) -> Result<(), Ungrounded> {
-        let subjects = self.subjects(text);
+        let subjects = self.subjects_in(text);
         if subjects.is_empty() {
             return Ok(());
         }
@@ -224,9 +224,20 @@ impl Grounding {
         Ok(())
     }
 
+    /// The identifiers written in `text`, normalised as shown ones are (`V-2` → `v2`).
+    pub(crate) fn identifiers_in(&self, text: &str) -> BTreeSet<String> {
+        tokens(text, true)
+            .into_iter()
+            .filter_map(|t| match t {
+                Token::Identifier(id, _) => Some(id),
+                Token::Number(..) => None,
+            })
+            .collect()
+    }
+
     /// The shown identifiers a text names: as written (`zone4`, `S-17`) or as a word and a
     /// number (`Zone 4`).
-    fn subjects(&self, text: &str) -> BTreeSet<String> {
+    pub(crate) fn subjects_in(&self, text: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for token in tokens(text, false) {
             if let Token::Identifier(id, _) = token {

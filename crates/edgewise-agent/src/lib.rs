@@ -26,6 +26,7 @@ mod model_choice;
 pub mod observation;
 mod runner;
 pub mod runs;
+pub mod selection;
 pub mod tools;
 pub mod triggers;
 

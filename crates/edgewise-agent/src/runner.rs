@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::cloud::{CloudError, CloudModel, CloudRequest};
 use crate::conversation::{summary_request, Conversation, Fold};
 use crate::runs::{RunRecord, RunStore};
+use crate::selection::{ItemList, Selection};
 use crate::tools::{openai_tool, ToolContext, ToolError, ToolRegistry};
 use crate::AgentError;
 
@@ -485,6 +486,11 @@ impl Agent {
         // run: a small model stuck on one call then has to pick another tool or answer (let back
         // in, it loops again after the next call).
         let mut looping_on: std::collections::BTreeSet<String> = Default::default();
+        // The task's selection of the items of each tool's latest list result (`selection`).
+        let mut selections: BTreeMap<String, Selection> = BTreeMap::new();
+        // After a call that left out values the task asks for: (tool, argument, values) the
+        // next turn's grammar requires (`selection::tighten`).
+        let mut tightened: Option<(String, String, Vec<String>)> = None;
         let seed = opts
             .seed
             .or(spec.model_config.seed)
@@ -528,11 +534,19 @@ impl Agent {
             // in its own conversation writes a fragment of that plan ("Yes", a call as text).
             // Local engine only: a cloud endpoint gets the agent's own conversation.
             let compose = choice == ToolChoice::None && total_calls > 0 && self.engine.is_some();
-            let grammar_tools = if offered.is_empty() {
-                &all_tools
+            let mut grammar_tools = if offered.is_empty() {
+                all_tools.clone()
             } else {
-                &offered
+                offered.clone()
             };
+            if let Some((tool, argument, values)) = tightened.take() {
+                for t in grammar_tools.iter_mut().filter(|t| t.name == tool) {
+                    if let Some(tight) = crate::selection::tighten(t, &argument, &values) {
+                        *t = tight;
+                    }
+                }
+            }
+            let grammar_tools = &grammar_tools;
             if let Err(message) = self
                 .fit_context(&mut conversation, &tools_json, record, step, seed)
                 .instrument(span.clone())
@@ -658,6 +672,15 @@ impl Agent {
                     .and_then(|free| ground.check_arguments(&call.arguments, &free).err())
                 {
                     Verdict::Ungrounded(refusal)
+                } else if let Some(refusal) = guard
+                    .then(|| {
+                        selections
+                            .values()
+                            .find_map(|s| s.check(&call.name, &call.arguments, &ground).err())
+                    })
+                    .flatten()
+                {
+                    Verdict::OffSelection(refusal)
                 } else {
                     let used = calls_by_tool.get(&call.name).copied().unwrap_or(0)
                         + admitted_now.get(&call.name).copied().unwrap_or(0);
@@ -694,6 +717,11 @@ impl Agent {
 
             let mut shown = Vec::new();
             let mut last_failure = String::new();
+            // When this turn ran nothing and acted on what the task does not ask for, it is not
+            // shown: the items to take out of the results shown instead (`Conversation::leave_out`;
+            // none when the call only left out values and the retry runs under a tighter grammar).
+            let ran_any = verdicts.iter().any(|(_, v)| matches!(v, Verdict::Run));
+            let mut leave_out: Option<(Vec<String>, String)> = None;
             for ((call, verdict), result) in verdicts.into_iter().zip(results) {
                 let mut rec = rec.clone();
                 rec.tool = Some(call.name.clone());
@@ -709,6 +737,25 @@ impl Agent {
                         refusal.hint(),
                         Some(format!("call refused: {}", refusal.reason())),
                     ),
+                    (Verdict::OffSelection(refusal), _) => {
+                        if !ran_any && !refusal.outside.is_empty() {
+                            leave_out =
+                                Some((refusal.outside.clone(), refusal.left_out_note.clone()));
+                        }
+                        if let Some((argument, values)) = &refusal.missing {
+                            // Retried from the same conversation under the tighter grammar: a
+                            // hint shown here ends up quoted in the alert.
+                            tightened = Some((call.name.clone(), argument.clone(), values.clone()));
+                            if !ran_any {
+                                leave_out.get_or_insert_with(Default::default);
+                            }
+                        }
+                        (
+                            "off_selection",
+                            refusal.hint(),
+                            Some(format!("call refused: {}", refusal.reason())),
+                        )
+                    }
                     (Verdict::OverBudget, _) => (
                         "refused",
                         format!(
@@ -744,7 +791,10 @@ impl Agent {
                     }
                     (Verdict::Run, None) => unreachable!("every admitted call ran"),
                 };
-                if matches!(decision, "ungrounded" | "refused" | "tool_error") {
+                if matches!(
+                    decision,
+                    "ungrounded" | "off_selection" | "refused" | "tool_error"
+                ) {
                     failures += 1;
                     last_failure = observation.clone();
                 }
@@ -752,12 +802,30 @@ impl Agent {
                 rec.observation = observation.clone();
                 self.finish_step(record, rec, &prompt_sha, detail, emit)?;
                 ground.add(&observation);
+                if guard && decision == "call" {
+                    let list = crate::selection::ItemList::parse(&call.name, &observation);
+                    if let Some(list) = list {
+                        let picked = self
+                            .select_items(task, &list, &observation, &ground, record, step, seed)
+                            .instrument(span.clone())
+                            .await?;
+                        match picked {
+                            Some(s) => selections.insert(call.name.clone(), s),
+                            None => selections.remove(&call.name),
+                        };
+                    }
+                }
                 shown.push((call.name, observation));
             }
             if out_of_retries(record, failures, spec, "tool calls", &last_failure) {
                 return Ok(());
             }
-            conversation.push_calls(&output, &shown);
+            match leave_out {
+                // The refused turn is not shown: the model retries from the results without the
+                // items it should not have acted on.
+                Some((items, note)) => conversation.leave_out(&items, &note),
+                None => conversation.push_calls(&output, &shown),
+            }
         }
         record.status = RunStatus::StepLimit;
         record.error = Some(format!(
@@ -867,6 +935,71 @@ impl Agent {
         }
         self.offload(messages, grammar_tools, choice, seed, why)
             .await
+    }
+
+    /// Asks the model which field and value of `list` the task selects by (one short greedy
+    /// generation under a grammar), keeps the answer if it holds up (`selection`), and audits
+    /// both. Local engine only: a cloud model is not asked, and nothing is checked.
+    #[allow(clippy::too_many_arguments)]
+    async fn select_items(
+        &self,
+        task: &str,
+        list: &ItemList,
+        observation: &str,
+        ground: &crate::grounding::Grounding,
+        record: &RunRecord,
+        step: u32,
+        seed: u32,
+    ) -> Result<Option<Selection>, AgentError> {
+        let Some(engine) = &self.engine else {
+            return Ok(None);
+        };
+        let (question, schema) = list.question(task, observation);
+        let prompt = match render(engine, &[json!({"role": "user", "content": question})], &[]) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "selection question not rendered");
+                return Ok(None);
+            }
+        };
+        let mut req = GenerateRequest::new(prompt.clone());
+        req.max_tokens = 64;
+        req.context_limit = self.spec.model_config.context_window;
+        req.sampling = SamplingParams {
+            temperature: 0.0,
+            seed,
+            ..SamplingParams::default()
+        };
+        req.constraint = Some(edgewise_infer::Constraint::JsonSchema(schema));
+        let started = Instant::now();
+        let answer = match generate(engine, req).await {
+            Ok(c) => c.text,
+            Err(e) => {
+                tracing::warn!(error = %e, "selection question not answered");
+                return Ok(None);
+            }
+        };
+        let picked = list.select(task, &answer, ground);
+        self.audit(AuditRecord {
+            kind: "selection".into(),
+            run: record.run.clone(),
+            step: Some(step),
+            model: Some(record.model.clone()),
+            prompt_sha256: Some(sha256_hex(prompt.as_bytes())),
+            tool: Some(list.tool().to_owned()),
+            result: Some(answer.clone()),
+            result_sha256: Some(sha256_hex(answer.as_bytes())),
+            decision: if picked.is_some() {
+                "selected"
+            } else {
+                "no_selection"
+            }
+            .into(),
+            detail: picked.as_ref().map(Selection::describe),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        })?;
+        Ok(picked)
     }
 
     /// Calls one model turn may hold (`workflow_policy.parallel_tool_calls`).
@@ -1217,6 +1350,8 @@ enum Verdict {
     Repeat(String),
     /// A value in the arguments was never shown to the model.
     Ungrounded(crate::grounding::Ungrounded),
+    /// The arguments name a list item the task does not select.
+    OffSelection(crate::selection::OffSelection),
     /// The run's or the tool's call budget is spent.
     OverBudget,
     Run,

@@ -287,33 +287,53 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
             && received.iter().any(|a| zones_named(a).contains("zone4"))
             && steps_read_zone4_over(&outcome)) as usize;
         succeeded += ok as usize;
+        // A run that went wrong shows its steps: what was called, and what the runtime said.
+        let trail: Vec<String> = if ok {
+            Vec::new()
+        } else {
+            outcome["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "\n    {} {} {} -> {}",
+                        s["decision"].as_str().unwrap_or_default(),
+                        s["tool"].as_str().unwrap_or_default(),
+                        s["arguments"],
+                        s["observation"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .replace('\n', " | ")
+                    )
+                })
+                .collect()
+        };
         report.push(format!(
-            "run {seed}: {} alerts={:?} answer={}",
+            "run {seed}: {} alerts={:?} answer={} error={}{}",
             verdict.err().unwrap_or_else(|| "right".into()),
             received,
-            outcome["answer"]
+            outcome["answer"],
+            outcome["error"],
+            trail.concat()
         ));
     }
     eprintln!(
         "factory monitor: {succeeded}/{RUNS} runs alerted on exactly the zones over the limit, with the pressure read\n{}",
         report.join("\n")
     );
-    // Judged in full (exactly the zones over the limit, each alert with the pressure read, the
-    // answer naming them), the default model gets 7 of these 10 runs right since grounding binds
-    // a number to the line and field it was read from (1 to 6 before): the observation carries
-    // the time, so runs differ from one execution to the next. The misses are alerts without the
-    // pressure and an alert that also names a zone within its limit. Issue 19's target is 9 of 10
-    // in full; until then this asserts the part that moved: the zone read over its limit is
-    // alerted on (10 of 10 in the last execution, 7 to 10 before; before issue 19 the alert
-    // usually named zone 1).
-    eprintln!(
-        "factory monitor: {right_zone}/{RUNS} runs alerted on zone4, the zone read over its limit"
-    );
+    // Judged in full: exactly the zones over the limit, each alert with the pressure read, the
+    // answer naming them. The default model gets 10 of 10 with the task's selection check
+    // (`selection`: an alert naming a zone within its limit is refused and retried from results
+    // without those zones; one that leaves out the pressure is retried under a grammar that
+    // requires it); 4 of 10 without it, and 1 to 6 before grounding bound numbers to their lines.
+    // The observation carries the time, so runs differ from one execution to the next.
     assert!(
-        right_zone >= 5,
-        "only {right_zone}/{RUNS} runs alerted on the zone over the limit:\n{}",
+        succeeded >= 9,
+        "only {succeeded}/{RUNS} runs alerted on exactly the zones over the limit with the pressure read:\n{}",
         report.join("\n")
     );
+    assert!(right_zone >= succeeded, "{right_zone} < {succeeded}");
 
     // The audit chain of these real runs verifies, and a single flipped byte is named.
     let out = edgewise(home.path())
@@ -322,6 +342,19 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let log = home.path().join("audit/audit.jsonl");
+    // Each run's selection is on the log: the model's answer and what the runtime made of it.
+    let selected = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["kind"] == "selection" && r["decision"] == "selected")
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("status = OVER LIMIT (1 of 4 items"))
+        })
+        .count();
+    assert!(selected >= succeeded, "{selected} selection records");
     let mut bytes = std::fs::read(&log).unwrap();
     let lines_before = |pos: usize| bytes[..pos].iter().filter(|&&b| b == b'\n').count();
     let pos = bytes.len() / 2;
