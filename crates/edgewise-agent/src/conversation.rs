@@ -72,11 +72,28 @@ impl Conversation {
             let Some(content) = turn["content"].as_str() else {
                 continue;
             };
-            let kept: Vec<&str> = content
-                .split('\n')
-                .filter(|line| !items.iter().any(|i| i.split('\n').any(|l| l == *line)))
-                .collect();
-            if kept.len() < content.split('\n').count() {
+            // Whole item blocks only: an item's first line, then its own continuation lines.
+            let lines: Vec<&str> = content.split('\n').collect();
+            let mut kept = Vec::with_capacity(lines.len());
+            let mut i = 0;
+            while i < lines.len() {
+                let block = items.iter().find_map(|item| {
+                    let block: Vec<&str> = item.split('\n').collect();
+                    let here = lines.get(i..i + block.len())?;
+                    here.iter()
+                        .zip(&block)
+                        .all(|(a, b)| a.trim_end() == b.trim_end())
+                        .then_some(block.len())
+                });
+                match block {
+                    Some(n) => i += n,
+                    None => {
+                        kept.push(lines[i]);
+                        i += 1;
+                    }
+                }
+            }
+            if kept.len() < lines.len() {
                 turn["content"] = Value::String(format!("{}\n{note}", kept.join("\n")));
             }
         }

@@ -539,9 +539,10 @@ impl Agent {
             } else {
                 offered.clone()
             };
-            if let Some((tool, argument, values)) = tightened.take() {
-                for t in grammar_tools.iter_mut().filter(|t| t.name == tool) {
-                    if let Some(tight) = crate::selection::tighten(t, &argument, &values) {
+            let tightened_now = tightened.take();
+            if let Some((tool, argument, values)) = &tightened_now {
+                for t in grammar_tools.iter_mut().filter(|t| t.name == *tool) {
+                    if let Some(tight) = crate::selection::tighten(t, argument, values) {
                         *t = tight;
                     }
                 }
@@ -581,6 +582,7 @@ impl Agent {
                     return Ok(());
                 }
             };
+            let cut_off = gen.cut_off;
             let (output, usage, prompt) = (gen.text, gen.usage, gen.prompt);
             let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
             let (content, calls) = parse_tool_calls(&output);
@@ -604,6 +606,28 @@ impl Agent {
             };
             let prompt_sha = sha256_hex(prompt.as_bytes());
 
+            // A call the token limit cut off is neither a call nor an answer (a small model can
+            // loop inside a string): it counts against max_retries and is not shown, so the model
+            // does not continue the loop; the step is retried as it was.
+            let opened_call = {
+                let t = content.trim_start();
+                t.starts_with("<tool_call>") || t.starts_with('{')
+            };
+            if calls.is_empty() && cut_off && opened_call && choice != ToolChoice::None {
+                let note = format!(
+                    "error: failed: the call was cut off after {} tokens before it was complete",
+                    usage.completion_tokens
+                );
+                rec.decision = "tool_error".into();
+                rec.observation = note.clone();
+                self.finish_step(record, rec, &prompt_sha, Some("call cut off".into()), emit)?;
+                failures += 1;
+                if out_of_retries(record, failures, spec, "tool calls", &note) {
+                    return Ok(());
+                }
+                tightened = tightened_now;
+                continue;
+            }
             if calls.is_empty() {
                 if let Some(refusal) = guard.then(|| ground.check_text(&content).err()).flatten() {
                     let hint = refusal.hint();
@@ -906,6 +930,7 @@ impl Agent {
         let local_failure = match generate(engine, req).await {
             Ok(c) => {
                 return Ok(Generated {
+                    cut_off: c.finish_reason == edgewise_infer::FinishReason::Length,
                     text: c.text,
                     usage: c.usage,
                     prompt,
@@ -1172,6 +1197,7 @@ impl Agent {
             match cloud.step(&request).await {
                 Ok(c) => {
                     return Ok(Generated {
+                        cut_off: false,
                         text: c.text,
                         usage: edgewise_infer::Usage {
                             prompt_tokens: c.prompt_tokens,
@@ -1360,6 +1386,8 @@ enum Verdict {
 /// What one model turn produced, wherever it ran.
 struct Generated {
     text: String,
+    /// The local model hit `max_tokens` or the context limit before it finished.
+    cut_off: bool,
     usage: edgewise_infer::Usage,
     /// The rendered prompt (local) or the messages as sent (cloud): what the audit digests.
     prompt: String,

@@ -149,6 +149,16 @@ impl ItemList {
         if selected.is_empty() || outside.is_empty() {
             return None;
         }
+        // "WARNING or OVER LIMIT": a task that writes another value of the field selects by
+        // more than the one answer, which would refuse the calls about the other.
+        let other_named = outside.iter().any(|i| {
+            i.fields
+                .get(field)
+                .is_some_and(|v| v.chars().any(char::is_alphabetic) && mentions(task, v))
+        });
+        if other_named {
+            return None;
+        }
         let inside_ids: BTreeSet<String> = selected
             .iter()
             .flat_map(|i| ground.identifiers_in(&i.text))
@@ -200,8 +210,11 @@ impl ItemList {
             }
         }
         let value_words = key_words(value);
+        // Tool names in the task (`local_sensor_read`) name no field.
         let task_words: BTreeSet<String> = task
-            .split(|c: char| !c.is_alphanumeric())
+            .split_whitespace()
+            .filter(|w| !w.contains('_'))
+            .flat_map(|w| w.split(|c: char| !c.is_alphanumeric()))
             .map(str::to_lowercase)
             .filter(|w| !value_words.contains(w))
             .collect();
@@ -250,7 +263,7 @@ impl Selection {
         let named = ground.subjects_in(&text);
         let (field, value) = (&self.field, &self.value);
         let Some((item, line)) = self.outside.iter().find(|(id, _)| named.contains(*id)) else {
-            return self.check_complete(&named, &text, args, ground);
+            return self.check_complete(&named, args, ground);
         };
         let mut hint = format!(
             "Not done: the task asks only for the items whose {field} is {value}, and {item} is not one of them:\n  {line}\nThe items whose {field} is {value}:"
@@ -280,11 +293,26 @@ impl Selection {
     fn check_complete(
         &self,
         named: &BTreeSet<String>,
-        text: &str,
         args: &Value,
         ground: &Grounding,
     ) -> Result<(), OffSelection> {
-        for id in named {
+        // Only free text is held to the fields the task names: an argument that only names the
+        // item (`{"zone": "zone4"}`, a lookup) is not a report about it.
+        let free_text = |s: &str| s.split_whitespace().count() >= 3;
+        let Some(map) = args.as_object() else {
+            return Ok(());
+        };
+        let Some((argument, text)) =
+            map.iter()
+                .filter_map(|(k, v)| Some((k, v.as_str()?)))
+                .find(|(_, s)| {
+                    free_text(s) && named.iter().any(|id| ground.subjects_in(s).contains(id))
+                })
+        else {
+            return Ok(());
+        };
+        let named = ground.subjects_in(text);
+        for id in &named {
             let Some((line, values)) = self.inside.get(id) else {
                 continue;
             };
@@ -307,13 +335,10 @@ impl Selection {
                 reason: format!("the call about {id} leaves out {list}, which the task asks for"),
                 outside: Vec::new(),
                 left_out_note: String::new(),
-                missing: args.as_object().and_then(|map| {
-                    let (key, _) = map.iter().find(|(_, v)| {
-                        v.as_str()
-                            .is_some_and(|s| ground.subjects_in(s).contains(id))
-                    })?;
-                    Some((key.clone(), missing.iter().map(|(_, v)| v.clone()).collect()))
-                }),
+                missing: Some((
+                    argument.clone(),
+                    missing.iter().map(|(_, v)| v.clone()).collect(),
+                )),
             });
         }
         Ok(())
@@ -331,11 +356,22 @@ pub fn tighten(
 ) -> Option<edgewise_infer::ToolSpec> {
     let mut tool = tool.clone();
     let prop = tool.parameters.get_mut("properties")?.get_mut(argument)?;
-    if prop.get("type")? != "string" || prop.get("pattern").is_some() || prop.get("enum").is_some()
-    {
+    let limited = [
+        "pattern",
+        "enum",
+        "const",
+        "format",
+        "maxLength",
+        "minLength",
+    ]
+    .iter()
+    .any(|k| prop.get(k).is_some());
+    if prop.get("type")? != "string" || limited {
         return None;
     }
-    // Every value, in the order given, anywhere in the string.
+    // Every value, in the order given, anywhere in the string. (A bounded `.{0,160}` would also
+    // end a model's loop inside the string, but llguidance's lexer gives up on it: "too many
+    // expressions constructed". A loop is cut off by max_tokens and retried instead.)
     let mut pattern = String::from(".*");
     for v in values {
         for c in v.chars() {
@@ -352,10 +388,21 @@ pub fn tighten(
 
 /// Whether `text` gives `value`: as a number (`8.90` gives `8.9`) or as words, without case.
 fn written(text: &str, value: &str) -> bool {
-    if let Ok(n) = value.parse::<f64>() {
+    let numeric = value.strip_prefix('-').unwrap_or(value);
+    let numeric = !numeric.is_empty()
+        && numeric.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && numeric.chars().any(|c| c.is_ascii_digit());
+    if let (true, Ok(n)) = (numeric, value.parse::<f64>()) {
         return text
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter_map(|w| w.trim_matches('.').parse::<f64>().ok())
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .flat_map(|w| {
+                // `-18.2` is a negative number; `2026-12-03` is three.
+                let signed = w.trim_matches('.').parse::<f64>().ok();
+                let parts = w
+                    .split('-')
+                    .filter_map(|p| p.trim_matches('.').parse::<f64>().ok());
+                signed.into_iter().chain(parts)
+            })
             .any(|m| (m - n).abs() < 1e-9);
     }
     // `Zone 4` gives `zone4`.
@@ -394,12 +441,40 @@ fn fields(line: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Whether `task` writes `value` as words of its own, with no negation in the three words
-/// before it.
+/// Whether `task` writes `value` as words of its own (not inside another word).
+fn mentions(task: &str, value: &str) -> bool {
+    let lower = task.to_lowercase();
+    let value = value.to_lowercase();
+    !value.is_empty()
+        && lower.match_indices(&value).any(|(at, _)| {
+            let before = lower[..at].chars().next_back();
+            let after = lower[at + value.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+}
+
+/// Whether `task` writes `value` as words of its own, with no negation in the clause before it.
 fn named_plainly(task: &str, value: &str) -> bool {
-    const NEGATIONS: [&str; 9] = [
-        "not", "no", "non", "isn't", "aren't", "except", "without", "never", "than",
+    const NEGATIONS: [&str; 16] = [
+        "not",
+        "no",
+        "non",
+        "isn't",
+        "aren't",
+        "except",
+        "without",
+        "never",
+        "than",
+        "unless",
+        "skip",
+        "ignore",
+        "ignoring",
+        "excluding",
+        "apart",
+        "but",
     ];
+    // The clause before the value (back to `,` `;` `.` `:`), at most this many bytes of it.
+    const CLAUSE: usize = 200;
     let lower = task.to_lowercase();
     let value = value.to_lowercase();
     let mut found = false;
@@ -409,7 +484,15 @@ fn named_plainly(task: &str, value: &str) -> bool {
         if before.is_some_and(char::is_alphanumeric) || after.is_some_and(char::is_alphanumeric) {
             continue;
         }
-        let negated = lower[..at].split_whitespace().rev().take(3).any(|w| {
+        let mut from = at.saturating_sub(CLAUSE);
+        while !lower.is_char_boundary(from) {
+            from += 1;
+        }
+        let clause = lower[from..at]
+            .rsplit([',', ';', '.', ':'])
+            .next()
+            .unwrap_or_default();
+        let negated = clause.split_whitespace().any(|w| {
             NEGATIONS.contains(&w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\''))
         });
         if negated {
@@ -510,6 +593,12 @@ mod tests {
             "the call about zone4 leaves out pressure_bar 8.29, which the task asks for"
         );
         assert!(refused.outside.is_empty());
+        // A lookup that only names the item is not a report about it.
+        let lookup = json!({"zone": "zone4"});
+        assert_eq!(sel.check("zone_history", &lookup, &g), Ok(()));
+        assert!(written("it reads -18.2 now", "-18.2"));
+        assert!(!written("it reads 18.2 now", "-18.2"));
+        assert!(written("on 2026-12-03", "12"));
         // Reading an item again is not acting on it.
         let read = json!({"zone": "zone1"});
         assert_eq!(sel.check("local_sensor_read", &read, &g), Ok(()));
@@ -531,6 +620,19 @@ mod tests {
         assert!(list
             .select(plain, r#"{"field": "status", "value": "ok"}"#, &shown())
             .is_some());
+        // A negation anywhere in the clause, and a second value of the field named.
+        let except = "Alert on every zone except those whose status is ok.";
+        assert!(list
+            .select(except, r#"{"field": "status", "value": "ok"}"#, &shown())
+            .is_none());
+        let both = "Alert on each zone whose status is ok or OVER LIMIT.";
+        assert!(list
+            .select(
+                both,
+                r#"{"field": "status", "value": "OVER LIMIT"}"#,
+                &shown()
+            )
+            .is_none());
         // "ok" inside another word is not the value written.
         let inside = "Took the readings; alert where needed.";
         assert!(list

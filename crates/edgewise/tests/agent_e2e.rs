@@ -347,6 +347,7 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|line| line["record"].clone())
         .filter(|r| r["kind"] == "selection" && r["decision"] == "selected")
         .filter(|r| {
             r["detail"]
