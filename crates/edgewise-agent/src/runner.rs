@@ -1324,7 +1324,8 @@ fn echoes(args: &Value, result: &str) -> bool {
     echoed * 10 >= said.len() * 6
 }
 
-fn collect_strings(v: &Value, out: &mut String) {
+/// Every string in `v`, space-separated (numbers and other scalars left out).
+pub(crate) fn collect_strings(v: &Value, out: &mut String) {
     match v {
         Value::String(s) => {
             out.push_str(s);

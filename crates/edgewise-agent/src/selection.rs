@@ -259,7 +259,7 @@ impl Selection {
             return Ok(());
         }
         let mut text = String::new();
-        collect_strings(args, &mut text);
+        crate::runner::collect_strings(args, &mut text);
         let named = ground.subjects_in(&text);
         let (field, value) = (&self.field, &self.value);
         let Some((item, line)) = self.outside.iter().find(|(id, _)| named.contains(*id)) else {
@@ -501,21 +501,6 @@ fn named_plainly(task: &str, value: &str) -> bool {
         found = true;
     }
     found
-}
-
-fn collect_strings(v: &Value, out: &mut String) {
-    match v {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push('\n');
-        }
-        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
-        Value::Object(map) => map.values().for_each(|i| collect_strings(i, out)),
-        other => {
-            out.push_str(&other.to_string());
-            out.push('\n');
-        }
-    }
 }
 
 #[cfg(test)]
