@@ -75,6 +75,9 @@ fn knowledge_error(e: KnowledgeError) -> ApiError {
         }
         KnowledgeError::Private { .. } => StatusCode::FORBIDDEN,
         KnowledgeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        // A delta whose clocks are out of range: well-formed JSON the node will not apply.
+        KnowledgeError::ClockOutOfRange { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        KnowledgeError::ClockExhausted { .. } => StatusCode::CONFLICT,
         KnowledgeError::InUse { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -432,7 +435,7 @@ pub struct ImportQuery {
 }
 
 /// `POST /v1/knowledge/{c}/import` with a delta: applied idempotently; another embedding is
-/// refused (409).
+/// refused (409), a clock above `MAX_CLOCK` too (422), with nothing applied.
 pub async fn import(
     State(s): State<AppState>,
     Path(collection): Path<String>,
@@ -465,7 +468,10 @@ fn syncer(s: &AppState) -> Result<Arc<edgewise_sync::Syncer>, ApiError> {
 fn sync_error(e: edgewise_sync::SyncError) -> ApiError {
     use edgewise_sync::SyncError;
     match e {
-        SyncError::Unreachable { .. } | SyncError::Upstream { .. } => ApiError {
+        // A delta the upstream sent with clocks out of range is the upstream's fault too.
+        SyncError::Unreachable { .. }
+        | SyncError::Upstream { .. }
+        | SyncError::Knowledge(KnowledgeError::ClockOutOfRange { .. }) => ApiError {
             status: StatusCode::BAD_GATEWAY,
             ..ApiError::internal(e.to_string())
         },

@@ -15,6 +15,8 @@
 //!   any order, any number of times, gives the same collection (last writer wins per chunk id).
 //! - The collection's version vector (node → highest counter seen) says which changes it has;
 //!   `export(since)` returns every record whose stamp `since` does not cover.
+//! - No clock a peer sets (lamport time, counter, version vector entry) exceeds `MAX_CLOCK`, so
+//!   the next local change can always be stamped without `u64` running out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,13 @@ use serde_json::{Map, Value};
 /// Bump when what a stored vector means changes (pooling, normalisation, chunk recipe): older
 /// collections then refuse new vectors until `edgewise kb reembed`.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Ceiling of every clock a delta may carry: a change's lamport time and counter, and each entry
+/// of the sender's version vector (at the ceiling is accepted, above it is refused). A clock grows
+/// by one per change, so no honest peer gets near it (2^48 changes is about nine years at a
+/// million changes a second), and a clock at most this high leaves room for every local
+/// increment: a forged delta cannot make the next local change wrap.
+pub const MAX_CLOCK: u64 = 1 << 48;
 
 /// Collections up to this size are searched exactly (brute force is both faster and exact there).
 pub const EXACT_SEARCH_BELOW: usize = 4096;
@@ -65,6 +74,19 @@ pub enum KnowledgeError {
     Invalid { what: String, message: String },
     #[error("vector index of '{collection}': {message}")]
     Index { collection: String, message: String },
+    #[error("delta for collection '{collection}': {what} is {value}, above the ceiling of {ceiling}; clocks grow by one per change, so the peer's clock is corrupt or forged. The delta was not applied; repair or reset the sending node's copy of the collection", ceiling = MAX_CLOCK)]
+    ClockOutOfRange {
+        collection: String,
+        /// Which clock: a change's lamport time or counter (with its id), or a version entry.
+        what: String,
+        value: u64,
+    },
+    #[error("collection '{collection}': its {clock} is {value} and cannot advance, so no local change can be stamped; a peer raised it before clocks were bounded. Remove the collection (`edgewise kb rm {collection}`) and add or import its contents again")]
+    ClockExhausted {
+        collection: String,
+        clock: &'static str,
+        value: u64,
+    },
 }
 
 type Result<T> = std::result::Result<T, KnowledgeError>;
@@ -463,7 +485,7 @@ impl Knowledge {
                 }
             }
             for c in chunks {
-                let stamp = w.next_stamp();
+                let stamp = w.next_stamp()?;
                 w.put(
                     &c.id,
                     stamp,
@@ -485,7 +507,7 @@ impl Knowledge {
         self.write(name, |w| {
             for id in ids {
                 if w.live(id)? {
-                    let stamp = w.next_stamp();
+                    let stamp = w.next_stamp()?;
                     w.put(id, stamp, None)?;
                     n += 1;
                 }
@@ -533,7 +555,7 @@ impl Knowledge {
             .collect();
         self.write(name, |w| {
             for id in &stale {
-                let stamp = w.next_stamp();
+                let stamp = w.next_stamp()?;
                 w.put(id, stamp, None)?;
             }
             let mut t = w.tx.open_table(SOURCES).map_err(|e| w.err(e))?;
@@ -956,14 +978,10 @@ impl Knowledge {
 
     /// Applies a peer's delta: creates the collection if missing (private unless `shareable`),
     /// refuses another embedding, and skips changes it already has or that lose to local ones.
+    /// A delta with a wrong-sized vector or a clock above `MAX_CLOCK` is refused whole, before
+    /// anything (the collection included) is written.
     pub fn import(&self, delta: &Delta, shareable: bool) -> Result<ImportReport> {
-        match self.collection(&delta.collection) {
-            Ok(info) => Self::check_embedding(&info, &delta.embedding)?,
-            Err(KnowledgeError::NoCollection { .. }) => {
-                self.create(&delta.collection, &delta.embedding, shareable)?;
-            }
-            Err(e) => return Err(e),
-        }
+        check_clocks(delta)?;
         for c in &delta.changes {
             if let Some(body) = &c.chunk {
                 if body.vector.len() != delta.embedding.dimension {
@@ -975,6 +993,13 @@ impl Knowledge {
                     });
                 }
             }
+        }
+        match self.collection(&delta.collection) {
+            Ok(info) => Self::check_embedding(&info, &delta.embedding)?,
+            Err(KnowledgeError::NoCollection { .. }) => {
+                self.create(&delta.collection, &delta.embedding, shareable)?;
+            }
+            Err(e) => return Err(e),
         }
         let mut report = ImportReport::default();
         self.write(&delta.collection, |w| {
@@ -1023,7 +1048,7 @@ impl Knowledge {
         self.write(name, |w| {
             w.info.embedding = embedding.clone();
             for ((hit, _), vector) in chunks.into_iter().zip(vectors) {
-                let stamp = w.next_stamp();
+                let stamp = w.next_stamp()?;
                 w.put(
                     &hit.id,
                     stamp,
@@ -1042,6 +1067,38 @@ impl Knowledge {
         let _ = std::fs::remove_file(self.index_file(name).with_extension("generation"));
         Ok(self.collection(name)?.chunks)
     }
+}
+
+/// Refuses a delta carrying any clock above `MAX_CLOCK`, naming the first one found.
+fn check_clocks(delta: &Delta) -> Result<()> {
+    let refuse = |what: String, value: u64| KnowledgeError::ClockOutOfRange {
+        collection: delta.collection.clone(),
+        what,
+        value,
+    };
+    for c in &delta.changes {
+        if c.stamp.lamport > MAX_CLOCK {
+            return Err(refuse(
+                format!("the lamport time of change '{}'", c.id),
+                c.stamp.lamport,
+            ));
+        }
+        if c.stamp.counter > MAX_CLOCK {
+            return Err(refuse(
+                format!("the counter of change '{}' (node '{}')", c.id, c.stamp.node),
+                c.stamp.counter,
+            ));
+        }
+    }
+    for (node, counter) in &delta.version {
+        if *counter > MAX_CLOCK {
+            return Err(refuse(
+                format!("the version vector entry of node '{node}'"),
+                *counter,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn filter_matches(filter: &Filter, e: &Entry) -> bool {
@@ -1183,15 +1240,30 @@ impl Writer<'_> {
         }
     }
 
-    fn next_stamp(&mut self) -> Stamp {
-        self.info.lamport += 1;
-        let counter = self.info.version.entry(self.node.to_owned()).or_insert(0);
-        *counter += 1;
-        Stamp {
-            lamport: self.info.lamport,
+    /// The stamp of the next local change. Imports keep every clock at most `MAX_CLOCK`, so this
+    /// fails only where a peer raised a clock before clocks were bounded; it never wraps.
+    fn next_stamp(&mut self) -> Result<Stamp> {
+        let exhausted = |clock: &'static str, value: u64| KnowledgeError::ClockExhausted {
+            collection: self.info.name.clone(),
+            clock,
+            value,
+        };
+        let lamport = self
+            .info
+            .lamport
+            .checked_add(1)
+            .ok_or_else(|| exhausted("lamport time", self.info.lamport))?;
+        let mine = self.info.version.get(self.node).copied().unwrap_or(0);
+        let counter = mine
+            .checked_add(1)
+            .ok_or_else(|| exhausted("change counter", mine))?;
+        self.info.lamport = lamport;
+        self.info.version.insert(self.node.to_owned(), counter);
+        Ok(Stamp {
+            lamport,
             node: self.node.to_owned(),
-            counter: *counter,
-        }
+            counter,
+        })
     }
 
     fn header(&self, id: &str) -> Result<Option<Header>> {
@@ -1269,5 +1341,55 @@ impl Writer<'_> {
             }),
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Imports cannot get a clock here any more; a store written before clocks were bounded can.
+    #[test]
+    fn an_exhausted_clock_is_an_error_for_the_next_local_change_not_a_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Knowledge::open(dir.path()).unwrap();
+        k.create("notes", &EmbeddingId::current("test-model", 4), true)
+            .unwrap();
+        let err = k
+            .write("notes", |w| {
+                w.info.lamport = u64::MAX;
+                w.next_stamp().map(drop)
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KnowledgeError::ClockExhausted {
+                    clock: "lamport time",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("edgewise kb rm notes"), "{err}");
+        let err = k
+            .write("notes", |w| {
+                w.info.version.insert(w.node.to_owned(), u64::MAX);
+                w.next_stamp().map(drop)
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KnowledgeError::ClockExhausted {
+                    clock: "change counter",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A refused write commits nothing: the clocks are where they were.
+        let info = k.collection("notes").unwrap();
+        assert_eq!((info.lamport, info.version.len()), (0, 0));
     }
 }

@@ -1,6 +1,8 @@
 //! Vector memory: embedding identity, search, deltas between two stores, persistence.
 
-use edgewise_store::knowledge::{EmbeddingId, Filter, NewChunk, VersionVector, EXACT_SEARCH_BELOW};
+use edgewise_store::knowledge::{
+    Delta, EmbeddingId, Filter, NewChunk, VersionVector, EXACT_SEARCH_BELOW, MAX_CLOCK,
+};
 use edgewise_store::{Knowledge, KnowledgeError};
 use serde_json::{json, Map, Value};
 
@@ -278,6 +280,167 @@ fn two_stores_converge_after_concurrent_conflicting_edits() {
     let err = b.import(&foreign, true).unwrap_err().to_string();
     assert!(err.contains("refusing other-model"), "{err}");
     assert_eq!(texts(&b, "shared"), got);
+}
+
+/// A sender `a` with two shareable chunks and a receiver `b` with one local chunk of its own.
+fn sender_and_receiver() -> (tempfile::TempDir, Knowledge, tempfile::TempDir, Knowledge) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Knowledge::open(da.path()).unwrap();
+    let b = Knowledge::open(db.path()).unwrap();
+    a.create("shared", &mini(), true).unwrap();
+    a.upsert(
+        "shared",
+        &mini(),
+        &[
+            chunk("good", "an honest change", axis(0, 0.0), json!({})),
+            chunk(
+                "forged",
+                "a change from a corrupt clock",
+                axis(1, 0.0),
+                json!({}),
+            ),
+        ],
+    )
+    .unwrap();
+    b.create("shared", &mini(), true).unwrap();
+    b.upsert(
+        "shared",
+        &mini(),
+        &[chunk("b-1", "from B", axis(2, 0.0), json!({}))],
+    )
+    .unwrap();
+    (da, a, db, b)
+}
+
+/// `import` refuses `delta` with a clock error naming `names`, and `b` is as it was; a local
+/// change afterwards is stamped one past b's own clocks and exports.
+fn refused_whole_and_local_changes_go_on(b: &Knowledge, delta: &Delta, names: &str) {
+    let before = b.collection("shared").unwrap();
+    let texts_before = texts(b, "shared");
+    let err = b.import(delta, true).unwrap_err();
+    assert!(
+        matches!(err, KnowledgeError::ClockOutOfRange { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    for part in [
+        "collection 'shared'",
+        names,
+        "18446744073709551614",
+        "corrupt or forged",
+        "not applied",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    let after = b.collection("shared").unwrap();
+    assert_eq!(
+        (after.lamport, &after.version, after.chunks),
+        (before.lamport, &before.version, before.chunks)
+    );
+    assert_eq!(
+        texts(b, "shared"),
+        texts_before,
+        "not even the honest change"
+    );
+
+    let id = format!("b-{}", before.lamport + 1);
+    b.upsert(
+        "shared",
+        &mini(),
+        &[chunk(&id, "from B, later", axis(3, 0.0), json!({}))],
+    )
+    .unwrap();
+    let export = b.export("shared", &VersionVector::new()).unwrap();
+    let new = export.changes.iter().find(|c| c.id == id).unwrap();
+    let mine = before.version.get(b.node()).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            new.stamp.lamport,
+            new.stamp.node.as_str(),
+            new.stamp.counter
+        ),
+        (before.lamport + 1, b.node(), mine + 1)
+    );
+    assert_eq!(b.check("shared").unwrap(), before.chunks + 1);
+}
+
+#[test]
+fn a_delta_with_a_lamport_time_near_u64_max_is_refused_whole() {
+    let (_da, a, _db, b) = sender_and_receiver();
+    let mut delta = a.export("shared", &VersionVector::new()).unwrap();
+    let forged = delta.changes.iter_mut().find(|c| c.id == "forged").unwrap();
+    forged.stamp.lamport = u64::MAX - 1;
+    refused_whole_and_local_changes_go_on(&b, &delta, "the lamport time of change 'forged'");
+
+    // A store that lacks the collection does not even create it.
+    let dc = tempfile::tempdir().unwrap();
+    let c = Knowledge::open(dc.path()).unwrap();
+    assert!(c.import(&delta, true).is_err());
+    assert!(c.collections().unwrap().is_empty());
+
+    // The same delta with an honest clock applies.
+    let honest = a.export("shared", &VersionVector::new()).unwrap();
+    assert_eq!(b.import(&honest, true).unwrap().applied, 2);
+}
+
+#[test]
+fn a_delta_with_a_change_counter_or_version_entry_near_u64_max_is_refused_whole() {
+    let (_da, a, _db, b) = sender_and_receiver();
+    let mut delta = a.export("shared", &VersionVector::new()).unwrap();
+    let forged = delta.changes.iter_mut().find(|c| c.id == "forged").unwrap();
+    forged.stamp.counter = u64::MAX - 1;
+    refused_whole_and_local_changes_go_on(&b, &delta, "the counter of change 'forged'");
+
+    // The receiver's own entry is the one whose next increment would wrap.
+    let mut delta = a.export("shared", &VersionVector::new()).unwrap();
+    delta.version.insert(b.node().to_owned(), u64::MAX - 1);
+    let entry = format!("the version vector entry of node '{}'", b.node());
+    refused_whole_and_local_changes_go_on(&b, &delta, &entry);
+}
+
+#[test]
+fn clocks_at_the_ceiling_are_accepted_and_one_above_it_is_refused() {
+    let (_da, a, _db, b) = sender_and_receiver();
+    let with_clocks = |lamport: u64, counter: u64, entry: u64| {
+        let mut delta = a.export("shared", &VersionVector::new()).unwrap();
+        let forged = delta.changes.iter_mut().find(|c| c.id == "forged").unwrap();
+        forged.stamp.lamport = lamport;
+        forged.stamp.counter = counter;
+        delta.version.insert("far-node".into(), entry);
+        delta
+    };
+    for (lamport, counter, entry) in [
+        (MAX_CLOCK + 1, 1, 1),
+        (1, MAX_CLOCK + 1, 1),
+        (1, 1, MAX_CLOCK + 1),
+    ] {
+        let err = b
+            .import(&with_clocks(lamport, counter, entry), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&(MAX_CLOCK + 1).to_string()), "{err}");
+    }
+    assert_eq!(
+        b.collection("shared").unwrap().lamport,
+        1,
+        "nothing applied"
+    );
+
+    let report = b
+        .import(&with_clocks(MAX_CLOCK, MAX_CLOCK, MAX_CLOCK), true)
+        .unwrap();
+    assert_eq!(report.applied, 2);
+    let info = b.collection("shared").unwrap();
+    assert_eq!(info.lamport, MAX_CLOCK);
+    assert_eq!(info.version["far-node"], MAX_CLOCK);
+    // The next local change still gets a stamp: the ceiling leaves room for the increment.
+    b.upsert(
+        "shared",
+        &mini(),
+        &[chunk("b-2", "from B, later", axis(3, 0.0), json!({}))],
+    )
+    .unwrap();
+    assert_eq!(b.collection("shared").unwrap().lamport, MAX_CLOCK + 1);
 }
 
 #[test]

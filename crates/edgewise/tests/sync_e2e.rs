@@ -225,3 +225,57 @@ fn the_kv_api_writes_conditionally_and_refuses_the_runtime_namespaces() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("sync:"), "{body}");
 }
+
+#[test]
+fn a_delta_whose_clock_would_overflow_is_refused_and_the_node_keeps_syncing() {
+    let home = home();
+    let config = write_config(home.path(), "mqtt_listen: \"\"\n");
+    let node = Serve::start(home.path(), &config);
+    let p = node.port;
+    let mut forged: Value =
+        serde_json::from_str(&one_chunk_delta("manuals", "pump#0", "forged")).unwrap();
+    forged["changes"][0]["stamp"]["lamport"] = json!(u64::MAX - 1);
+
+    let (s, err) = json_of(
+        p,
+        "POST",
+        "/v1/knowledge/manuals/import?shareable=true",
+        &forged.to_string(),
+    );
+    assert_eq!(s, 422, "{err}");
+    let message = err["error"]["message"].as_str().unwrap_or("");
+    for part in [
+        "lamport time of change 'pump#0'",
+        "18446744073709551614",
+        "corrupt or forged",
+        "not applied",
+    ] {
+        assert!(message.contains(part), "{part:?} in {err}");
+    }
+    let manuals = || {
+        let (_, cols) = json_of(p, "GET", "/v1/knowledge", "");
+        cols["collections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "manuals")
+            .cloned()
+    };
+    assert_eq!(manuals(), None, "the refused delta created nothing");
+
+    // An honest delta afterwards applies, and the node exports it with its own clock intact.
+    let (s, report) = json_of(
+        p,
+        "POST",
+        "/v1/knowledge/manuals/import?shareable=true",
+        &one_chunk_delta("manuals", "pump#0", "Prime the pump before starting."),
+    );
+    assert_eq!((s, &report["applied"]), (200, &json!(1)), "{report}");
+    let (s, delta) = json_of(p, "POST", "/v1/knowledge/manuals/export", "{}");
+    assert_eq!(s, 200, "{delta}");
+    let change = &delta["changes"][0];
+    assert_eq!(change["id"], "pump#0", "{delta}");
+    assert_eq!(change["stamp"]["lamport"], 1, "{delta}");
+    let info = manuals().unwrap();
+    assert_eq!(info["lamport"], 1, "{info}");
+}
