@@ -345,10 +345,10 @@ impl Selection {
     }
 }
 
-/// `tool` with `argument` required to give `values` (a JSON-schema pattern on that string), for
-/// the turn after a call that left them out: the model still writes the text, the grammar only
-/// keeps it from closing the string without them. `None` when the argument is not a plain
-/// string property.
+/// `tool` with `argument` required to give `values` in that order (a JSON-schema pattern on that
+/// string), for the turn after a call that left them out: the model still writes the text, the
+/// grammar only keeps it from closing the string without them. `None` when the argument is not a
+/// plain string property.
 pub fn tighten(
     tool: &edgewise_infer::ToolSpec,
     argument: &str,
@@ -369,21 +369,49 @@ pub fn tighten(
     if prop.get("type")? != "string" || limited {
         return None;
     }
-    // Every value, in the order given, anywhere in the string. (A bounded `.{0,160}` would also
-    // end a model's loop inside the string, but llguidance's lexer gives up on it: "too many
-    // expressions constructed". A loop is cut off by max_tokens and retried instead.)
+    // Every value, in the order given, anywhere in the string. (A bounded gap, `.{0,80}` before
+    // a value, would also end a model's loop inside the string, but llguidance's lexer runs out
+    // of fuel on it mid-generation, "too many expressions constructed"; a loop is cut off by
+    // max_tokens and retried instead.)
     let mut pattern = String::from(".*");
     for v in values {
-        for c in v.chars() {
-            if r"\.+*?()|[]{}^$".contains(c) {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
+        pattern.push_str(&value_pattern(v));
         pattern.push_str(".*");
     }
     prop["pattern"] = Value::String(pattern);
     Some(tool)
+}
+
+/// A regex for `value` as `written` accepts it: a number exactly, words without case and with an
+/// optional separator where letters meet digits (`zone4` as `Zone 4`, `zone_4`).
+fn value_pattern(value: &str) -> String {
+    let numeric = value.parse::<f64>().is_ok();
+    let mut out = String::new();
+    let mut last: Option<char> = None;
+    for c in value.chars() {
+        if let Some(l) = last {
+            if !numeric
+                && (l.is_alphabetic() && c.is_ascii_digit()
+                    || l.is_ascii_digit() && c.is_alphabetic())
+            {
+                out.push_str("[ _-]?");
+            }
+        }
+        let (lower, upper) = (
+            c.to_lowercase().collect::<String>(),
+            c.to_uppercase().collect::<String>(),
+        );
+        if !numeric && lower != upper && lower.chars().count() == 1 && upper.chars().count() == 1 {
+            out.push_str(&format!("[{lower}{upper}]"));
+        } else if r"\.+*?()|[]{}^$-/".contains(c) {
+            out.push('\\');
+            out.push(c);
+        } else {
+            out.push(c);
+        }
+        last = Some(c);
+    }
+    out
 }
 
 /// Whether `text` gives `value`: as a number (`8.90` gives `8.9`) or as words, without case.
@@ -638,10 +666,16 @@ mod tests {
             parameters: json!({"type": "object", "properties": {"message": {"type": "string"}}}),
         };
         let tight = tighten(&tool, "message", &["8.29".into()]).unwrap();
-        assert_eq!(
-            tight.parameters["properties"]["message"]["pattern"],
-            ".*8\\.29.*"
-        );
+        let pattern = tight.parameters["properties"]["message"]["pattern"]
+            .as_str()
+            .unwrap();
+        assert_eq!(pattern, ".*8\\.29.*");
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        assert!(re.is_match("Alert: Zone 4 is at 8.29 bar, over its limit."));
+        assert!(!re.is_match("Alert: Zone 4 pressure is over limit."));
+        // Words are matched as `written` reads them.
+        let words = regex::Regex::new(&format!("^(?:{})$", value_pattern("zone4"))).unwrap();
+        assert!(words.is_match("Zone 4") && words.is_match("zone_4") && !words.is_match("zone 5"));
         assert!(tighten(&tool, "other", &["1".into()]).is_none());
     }
 

@@ -327,12 +327,11 @@ fn factory_monitor_reads_sensors_and_alerts_over_mqtt_and_the_audit_chain_holds(
     // (`selection`: an alert naming a zone within its limit is refused and retried from results
     // without those zones; one that leaves out the pressure is retried under a grammar that
     // requires it); 4 of 10 without it, and 1 to 6 before grounding bound numbers to their lines.
-    // The observation carries the time, so runs differ from one execution to the next: 10, 10
-    // and 10 of 10 locally, 8 and 8 in clean-clone CI runs (the misses: a retry looping inside
-    // the alert string until max_tokens, an alert that paraphrases the tool's own result). Issue
-    // 19's target is 9 of 10; until every execution reaches it, this asserts 7.
+    // The observation carries the time, so runs differ from one execution to the next: 10 of 10
+    // in four local executions; earlier clean-clone CI runs got 8, missing on an alert that
+    // restated the tool's own description (now an echo) and on a retry looping in the string.
     assert!(
-        succeeded >= 7,
+        succeeded >= 9,
         "only {succeeded}/{RUNS} runs alerted on exactly the zones over the limit with the pressure read:\n{}",
         report.join("\n")
     );
