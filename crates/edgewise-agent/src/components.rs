@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use edgewise_core::grants::DOCUMENT_BUCKET_PREFIX;
 use edgewise_core::signing::{self, Artifact, ManifestSignature};
 use edgewise_core::{ComponentManifest, DataDir, Grants};
 use edgewise_sandbox::store::{
@@ -31,6 +32,82 @@ pub struct ComponentSource {
     pub default_memory: Option<u64>,
     /// Which addresses network grants may reach (the agent's egress under the node's policy).
     pub egress: crate::egress::EgressPolicy,
+    /// For a run a neighbour placed here: the most the component gets, whatever its manifest
+    /// grants.
+    pub placed: Option<PlacedCeiling>,
+}
+
+/// The most a component gets in a run a neighbour placed here (from `mesh.accept_runs` and
+/// `mesh.share`). Its manifest was written, and signed, for this node's own agents: in a placed
+/// run its grants are cut down to this, never taken as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacedCeiling {
+    /// Directories file grants must lie in (`mesh.accept_runs.policy.file_roots`), absolute and
+    /// resolved; none by default, so no file grant stays.
+    pub file_roots: Vec<PathBuf>,
+    /// Whether network grants may stay at all (`mesh.accept_runs.policy` allows egress or lists
+    /// local destinations); those that stay are still held to the run's egress policy.
+    pub network: bool,
+    /// The shared documents (`mesh.share.documents`): the only `doc:NAME` buckets that stay.
+    pub documents: Vec<String>,
+    /// Linear memory at most (`mesh.accept_runs.limits.memory_limit`).
+    pub memory_limit: edgewise_core::ByteSize,
+}
+
+impl PlacedCeiling {
+    /// `grants` within this ceiling: file grants outside `file_roots`, network grants where none
+    /// may stay and documents not shared are dropped (and logged); memory is lowered to the
+    /// ceiling. File paths in `grants` must be absolute and resolved (links followed). The
+    /// component's own KV buckets stay: in a placed run they live under the placing node's scope
+    /// (`NodeServices`), apart from this node's agents' state.
+    pub fn confine(&self, component: &str, mut grants: Grants) -> Grants {
+        let before = grants.clone();
+        grants
+            .files
+            .retain(|f| self.file_roots.iter().any(|r| within(&f.path, r)));
+        if !self.network {
+            grants.network.clear();
+        }
+        grants
+            .kv_buckets
+            .retain(|b| match b.strip_prefix(DOCUMENT_BUCKET_PREFIX) {
+                Some(doc) => self.documents.iter().any(|d| d == doc),
+                None => true,
+            });
+        let memory = grants
+            .memory_limit
+            .map_or(self.memory_limit, |m| m.min(self.memory_limit));
+        grants.memory_limit = Some(memory);
+        let dropped = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter().filter(|x| !b.contains(x)).cloned().collect()
+        };
+        let files: Vec<String> = before
+            .files
+            .iter()
+            .filter(|f| !grants.files.contains(f))
+            .map(|f| f.path.display().to_string())
+            .collect();
+        let network = dropped(&before.network, &grants.network);
+        let documents = dropped(&before.kv_buckets, &grants.kv_buckets);
+        if !(files.is_empty() && network.is_empty() && documents.is_empty()) {
+            tracing::warn!(
+                component,
+                ?files,
+                ?network,
+                ?documents,
+                "grants a placed run may not use dropped (mesh.accept_runs.policy, mesh.share)"
+            );
+        }
+        grants
+    }
+}
+
+/// Whether `path` lies in `root`, by path components; a `..` is never inside anything.
+fn within(path: &Path, root: &Path) -> bool {
+    !path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+        && path.starts_with(root)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +126,7 @@ impl ComponentSource {
             grants: None,
             default_memory: None,
             egress: crate::egress::EgressPolicy::default(),
+            placed: None,
         }
     }
 }
@@ -207,6 +285,11 @@ impl ComponentRegistry {
                     })?
             }
         };
+        let grants = match &source.placed {
+            // Compared with links followed, as a spec's grants are.
+            Some(ceiling) => ceiling.confine(&name, canonical_files(grants, &wasm)?),
+            None => grants,
+        };
         let egress = &source.egress;
         self.sandbox()?.load(
             &name,
@@ -308,6 +391,61 @@ fn missing(path: &Path) -> SandboxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attack: a neighbour's run uses an installed component whose manifest grants files,
+    /// the network, a document this node does not share and a large memory, all meant for this
+    /// node's own agents.
+    #[test]
+    fn a_placed_run_keeps_of_a_manifests_grants_only_what_accept_runs_allows() {
+        let file = |p: &str| edgewise_core::FileGrant {
+            path: p.into(),
+            guest: None,
+            writable: true,
+        };
+        let manifest = Grants {
+            files: vec![file("/srv/edgewise/files/logs"), file("/etc")],
+            network: vec!["10.0.0.9:502".into()],
+            kv_buckets: vec![
+                "predictions".into(),
+                "doc:plant".into(),
+                "doc:payroll".into(),
+            ],
+            memory_limit: Some(edgewise_core::ByteSize::gib(1)),
+            ..Grants::default()
+        };
+        let least = PlacedCeiling {
+            file_roots: Vec::new(),
+            network: false,
+            documents: vec!["plant".into()],
+            memory_limit: edgewise_core::ByteSize::mib(64),
+        };
+        let g = least.confine("sensor-reader", manifest.clone());
+        assert!(g.files.is_empty(), "{g:?}");
+        assert!(g.network.is_empty(), "{g:?}");
+        assert_eq!(g.kv_buckets, ["predictions", "doc:plant"]);
+        assert_eq!(g.memory_limit, Some(edgewise_core::ByteSize::mib(64)));
+        // Widened by the operator: files under a listed root, and the network (still held to
+        // the run's egress policy when loaded).
+        let widened = PlacedCeiling {
+            file_roots: vec!["/srv/edgewise/files".into()],
+            network: true,
+            ..least
+        };
+        let g = widened.confine("sensor-reader", manifest);
+        assert_eq!(g.files, [file("/srv/edgewise/files/logs")]);
+        assert_eq!(g.network, ["10.0.0.9:502"]);
+        // A manifest asking less memory than the ceiling keeps its own.
+        let small = Grants {
+            memory_limit: Some(edgewise_core::ByteSize::mib(8)),
+            ..Grants::default()
+        };
+        let g = widened.confine("sensor-reader", small);
+        assert_eq!(g.memory_limit, Some(edgewise_core::ByteSize::mib(8)));
+        assert!(!within(
+            Path::new("/srv/edgewise/files/../../etc"),
+            Path::new("/srv/edgewise/files")
+        ));
+    }
 
     #[test]
     fn a_missing_installed_component_says_how_to_install_one() {

@@ -60,6 +60,12 @@ impl Conversation {
         self.turns.push(json!({"role": "user", "content": note}));
     }
 
+    /// A note from the runtime in place of a refused turn. The refused turn itself is not shown:
+    /// shown its wrong answer, a small model writes it again.
+    pub fn push_note(&mut self, note: &str) {
+        self.turns.push(json!({"role": "user", "content": note}));
+    }
+
     /// Takes `items` (whole lines of earlier tool results) out of every tool result shown, with
     /// `note` in their place once per result. After a call that acted on items the task does not
     /// ask for, the model retries from results without them: shown its refused call instead, a

@@ -76,6 +76,9 @@ pub struct EgressPolicy {
     /// (`mqtt()`), whatever their address, because the operator named them.
     brokers: Vec<String>,
     mqtt: bool,
+    /// A run a neighbour placed here: this node's LAN and mesh are not its trust domain, so it
+    /// reaches only listed destinations (and, with egress allowed, addresses outside the LAN).
+    confined: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,6 +86,9 @@ pub enum EgressError {
     /// The policy forbids the destination.
     #[error("egress denied: {host} resolves to {ip}, outside the local trust domain, and this agent's policy has egress_allowed: false")]
     Denied { host: String, ip: IpAddr },
+    /// A run a neighbour placed here, reaching an address its policy does not list.
+    #[error("egress denied: {host} resolves to {ip}; a run a neighbour placed here reaches only the addresses mesh.accept_runs.policy.local_destinations lists (and, with allow_egress, addresses outside this node's LAN)")]
+    Placed { host: String, ip: IpAddr },
     /// A loopback, link-local, ... address the node's policy does not list.
     #[error("egress denied: {host} resolves to {ip}, {kind}, which agent tools reach only when the node's agent_policy.local_destinations lists it")]
     Special {
@@ -116,6 +122,16 @@ impl EgressPolicy {
             mesh,
             brokers,
             mqtt: false,
+            confined: false,
+        }
+    }
+
+    /// The same policy for a run a neighbour placed here (built from `mesh.accept_runs.policy`):
+    /// this node's LAN and mesh members are no longer trusted by default.
+    pub fn confined(self) -> Self {
+        Self {
+            confined: true,
+            ..self
         }
     }
 
@@ -139,7 +155,15 @@ impl EgressPolicy {
                 kind,
             });
         }
-        if is_lan(ip) || self.mesh.contains(&canonical_ip(ip)) || self.egress_allowed {
+        let in_domain = is_lan(ip) || self.mesh.contains(&canonical_ip(ip));
+        if self.confined {
+            let allowed = self.egress_allowed && !in_domain;
+            return (!allowed).then(|| EgressError::Placed {
+                host: host.to_owned(),
+                ip,
+            });
+        }
+        if in_domain || self.egress_allowed {
             return None;
         }
         Some(EgressError::Denied {
@@ -264,6 +288,39 @@ mod tests {
         assert!(ok("169.254.169.254", Some(80)));
         assert!(ok("100.64.3.4", Some(7447)), "a mesh member");
         assert!(!ok("100.64.3.5", Some(7447)));
+    }
+
+    /// A placed run's policy: this node's LAN and mesh members are not its to reach.
+    #[test]
+    fn a_confined_policy_reaches_only_listed_addresses_and_egress_outside_the_lan() {
+        let config = "agent_policy:\n  local_destinations: [\"10.0.0.9:502\"]\nmesh:\n  trust_domain: plant\n  connect: [\"tls/100.64.3.4:7447\"]\n";
+        let p = policy(config, false).confined();
+        let ok =
+            |p: &EgressPolicy, ip: &str, port| p.refusal("h", ip.parse().unwrap(), port).is_none();
+        assert!(ok(&p, "10.0.0.9", Some(502)), "listed");
+        for (ip, port) in [
+            ("10.0.0.8", Some(80)),
+            ("192.168.1.1", Some(80)),
+            ("100.64.3.4", Some(7447)),
+            ("8.8.8.8", Some(443)),
+        ] {
+            assert!(!ok(&p, ip, port), "{ip}");
+        }
+        let err = p
+            .refusal("plc", "192.168.1.1".parse().unwrap(), Some(80))
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("mesh.accept_runs.policy.local_destinations"),
+            "{err}"
+        );
+        let egress = policy(config, true).confined();
+        assert!(ok(&egress, "8.8.8.8", Some(443)));
+        assert!(
+            !ok(&egress, "192.168.1.1", Some(80)),
+            "egress is not the LAN"
+        );
+        assert!(!ok(&egress, "127.0.0.1", Some(80)));
     }
 
     #[tokio::test]

@@ -32,10 +32,19 @@ pub struct Grounding {
 struct ShownLine {
     ids: BTreeSet<String>,
     numbers: Vec<f64>,
-    /// `key=value` fields with a number for their value (the compact observation form): the
-    /// key's words and the number.
-    fields: Vec<(BTreeSet<String>, f64)>,
+    /// `key=value` fields with a number for their value (the compact observation form).
+    fields: Vec<Field>,
     text: String,
+}
+
+/// A `key=value` field of a shown line whose value is one number.
+struct Field {
+    /// As shown: `torque_nm=43.82`.
+    shown: String,
+    /// The words that set the key apart from the line's other keys (`pressure_bar` among
+    /// `limit_bar`: {pressure}).
+    words: BTreeSet<String>,
+    value: f64,
 }
 
 /// A value the model wrote that it was never shown.
@@ -49,6 +58,13 @@ pub struct Ungrounded {
     /// Set where the value was shown, but only for other things than the one it is written
     /// about (that thing, as written: `zone1`).
     pub read_for_other: Option<String>,
+    /// What was read for the thing written about: the value of the field the words name on
+    /// its line (`torque_nm=43.82`), else its lines. A small model refused without it tends to
+    /// write the same wrong value again.
+    pub read_there: Vec<String>,
+    /// The numbers a retry may write (as shown): those of `read_there` and those of the names
+    /// of what the answer is about (`17` of `S-17`). Empty where `read_there` is.
+    pub retry_numbers: Vec<String>,
 }
 
 impl Ungrounded {
@@ -81,6 +97,13 @@ impl Ungrounded {
                 hint.push_str("\n  ");
                 hint.push_str(n);
             }
+            if !self.read_there.is_empty() {
+                hint.push_str("\nWhat was read for what you write about:");
+                for n in &self.read_there {
+                    hint.push_str("\n  ");
+                    hint.push_str(n);
+                }
+            }
             hint.push_str("\nUse the values from the line of what you write about.");
             return hint;
         }
@@ -93,6 +116,26 @@ impl Ungrounded {
         }
         hint.push_str("\nUse the exact values from the results.");
         hint
+    }
+}
+
+impl Ungrounded {
+    /// What the model is told in place of a refused answer that wrote a value read for something
+    /// else: what was read for what it writes about, without the wrong value (a small model shown
+    /// its wrong value writes it again). `None` where nothing was read for it.
+    pub fn retry_note(&self) -> Option<String> {
+        if self.read_there.is_empty() {
+            return None;
+        }
+        let mut note = String::from(
+            "Not done: your answer gives a value that was not read for what it names. What was read for what you write about:",
+        );
+        for n in &self.read_there {
+            note.push_str("\n  ");
+            note.push_str(n);
+        }
+        note.push_str("\nAnswer again with exactly these values.");
+        Some(note)
     }
 }
 
@@ -132,8 +175,10 @@ impl Grounding {
         }
     }
 
-    /// Checks free text (the final answer).
+    /// Checks free text (the final answer). The numbers of a numbered list's items (`10. `)
+    /// are free text.
     pub fn check_text(&self, text: &str) -> Result<(), Ungrounded> {
+        let text = &without_list_numbers(text);
         self.check_str(text, None)?;
         self.check_binding(text, None)
     }
@@ -157,6 +202,12 @@ impl Grounding {
         if subjects.is_empty() {
             return Ok(());
         }
+        // The shown lines that name what the text is about.
+        let subject_lines: Vec<&ShownLine> = self
+            .lines
+            .iter()
+            .filter(|l| l.ids.iter().any(|id| subjects.contains(id)))
+            .collect();
         // Where the previous number ended: the words since then name the next one's field.
         let mut cursor = 0;
         for token in tokens(text, false) {
@@ -166,6 +217,39 @@ impl Grounding {
             let at = text[cursor..].find(&written).map_or(cursor, |i| cursor + i);
             let before = &text[cursor..at];
             cursor = (at + written.len()).min(text.len());
+            let written_words = words(before);
+            // What was read there: the named fields' values on the subject's lines, else the
+            // lines themselves.
+            let read_there = || -> Vec<String> {
+                let values: Vec<String> = subject_lines
+                    .iter()
+                    .flat_map(|l| named_fields(l, &written_words))
+                    .map(|f| f.shown.clone())
+                    .collect();
+                let mut out: Vec<String> = if values.is_empty() {
+                    subject_lines.iter().map(|l| l.text.clone()).collect()
+                } else {
+                    values
+                };
+                // The same line may have been shown twice (two reads).
+                let mut seen = BTreeSet::new();
+                out.retain(|v| seen.insert(v.clone()));
+                out.truncate(3);
+                out
+            };
+            let retry_numbers = |read: &[String]| -> Vec<String> {
+                let mut out: Vec<String> = read.iter().flat_map(|r| written_numbers(r)).collect();
+                for token in tokens(text, false) {
+                    if let Token::Identifier(id, as_written) = token {
+                        if subjects.contains(&id) {
+                            out.extend(numbers(&as_written));
+                        }
+                    }
+                }
+                out.sort();
+                out.dedup();
+                out
+            };
             let on: Vec<&ShownLine> = self
                 .lines
                 .iter()
@@ -182,42 +266,36 @@ impl Grounding {
                     argument: key.map(str::to_owned),
                     nearest: on.iter().take(3).map(|l| l.text.clone()).collect(),
                     read_for_other: subjects.iter().next().cloned(),
+                    retry_numbers: retry_numbers(&read_there()),
+                    read_there: read_there(),
                 });
             }
             // On the lines it is about, the number must be the field the words before it name,
             // where they name one (`torque 1041` where 1041 is the line's `cycles`).
-            let written_words = words(before);
-            let named = |fields: &[(BTreeSet<String>, f64)]| -> Vec<f64> {
-                fields
-                    .iter()
-                    .filter(|(k, _)| k.iter().any(|w| written_words.contains(w)))
-                    .map(|(_, v)| *v)
-                    .collect()
-            };
             let misread = about.iter().find_map(|l| {
-                let values = named(&l.fields);
-                let field_of_n = l.fields.iter().any(|(_, v)| same_number(*v, n));
-                (field_of_n && !values.is_empty() && !values.iter().any(|v| same_number(*v, n)))
-                    .then_some(*l)
+                let values = named_fields(l, &written_words);
+                let field_of_n = l.fields.iter().any(|f| same_number(f.value, n));
+                (field_of_n
+                    && !values.is_empty()
+                    && !values.iter().any(|f| same_number(f.value, n)))
+                .then_some(*l)
             });
             let fits_somewhere = about.iter().any(|l| {
-                let values = named(&l.fields);
-                values.is_empty() || values.iter().any(|v| same_number(*v, n))
+                let values = named_fields(l, &written_words);
+                values.is_empty() || values.iter().any(|f| same_number(f.value, n))
             });
             if let (Some(line), false) = (misread, fits_somewhere) {
+                let names: Vec<&str> = named_fields(line, &written_words)
+                    .iter()
+                    .flat_map(|f| f.words.iter().map(String::as_str))
+                    .collect();
                 return Err(Ungrounded {
                     value: written,
                     argument: key.map(str::to_owned),
                     nearest: vec![line.text.clone()],
-                    read_for_other: Some(format!(
-                        "what you name ({})",
-                        line.fields
-                            .iter()
-                            .filter(|(k, _)| k.iter().any(|w| written_words.contains(w)))
-                            .flat_map(|(k, _)| k.iter().cloned())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
+                    read_for_other: Some(format!("what you name ({})", names.join(", "))),
+                    retry_numbers: retry_numbers(&read_there()),
+                    read_there: read_there(),
                 });
             }
         }
@@ -298,6 +376,8 @@ impl Grounding {
                     argument: key.map(str::to_owned),
                     nearest: self.nearest(&token),
                     read_for_other: None,
+                    read_there: Vec::new(),
+                    retry_numbers: Vec::new(),
                 });
             }
         }
@@ -353,22 +433,72 @@ fn shorten(line: &str) -> String {
 /// The `key=value` fields of a line whose value is one number, keyed by the words that set
 /// the key apart from the line's other keys (`pressure_bar=8.81 limit_bar=6.0` → {pressure}
 /// 8.81, {limit} 6.0: the shared unit names neither).
-fn numeric_fields(line: &str) -> Vec<(BTreeSet<String>, f64)> {
-    let fields: Vec<(BTreeSet<String>, f64)> = line
+fn numeric_fields(line: &str) -> Vec<Field> {
+    let fields: Vec<Field> = line
         .split_whitespace()
         .filter_map(|kv| {
             let (k, v) = kv.trim_start_matches('-').split_once('=')?;
             let v = v.trim_matches(|c: char| matches!(c, '"' | ',' | ';'));
-            let n = v.parse::<f64>().ok()?;
-            Some((words(&k.replace('_', " ")), n))
+            let value = v.parse::<f64>().ok()?;
+            Some(Field {
+                shown: format!("{k}={v}"),
+                words: words(&k.replace('_', " ")),
+                value,
+            })
         })
         .collect();
-    let shared = |w: &String| fields.iter().filter(|(k, _)| k.contains(w)).count() > 1;
-    fields
+    let shared = |w: &String| fields.iter().filter(|f| f.words.contains(w)).count() > 1;
+    let distinct: Vec<BTreeSet<String>> = fields
         .iter()
-        .map(|(k, n)| (k.iter().filter(|w| !shared(w)).cloned().collect(), *n))
-        .filter(|(k, _): &(BTreeSet<String>, f64)| !k.is_empty())
+        .map(|f| f.words.iter().filter(|w| !shared(w)).cloned().collect())
+        .collect();
+    fields
+        .into_iter()
+        .zip(distinct)
+        .map(|(f, words)| Field { words, ..f })
+        .filter(|f| !f.words.is_empty())
         .collect()
+}
+
+/// The numbers written in `text`, as written (`torque_nm=43.82` → `43.82`).
+fn written_numbers(text: &str) -> Vec<String> {
+    tokens(text, true)
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Number(_, w) => Some(w),
+            Token::Identifier(..) => None,
+        })
+        .collect()
+}
+
+/// The fields of `line` that `written` names.
+fn named_fields<'a>(line: &'a ShownLine, written: &BTreeSet<String>) -> Vec<&'a Field> {
+    line.fields
+        .iter()
+        .filter(|f| f.words.iter().any(|w| written.contains(w)))
+        .collect()
+}
+
+/// `text` with the numbers that open numbered-list items (`1. `, `10) ` at a line's start)
+/// blanked out.
+fn without_list_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let indent = line.len() - line.trim_start().len();
+        let rest = &line[indent..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let marker = (1..=3).contains(&digits)
+            && matches!(rest.as_bytes().get(digits), Some(b'.' | b')'))
+            && rest[digits + 1..].starts_with(char::is_whitespace);
+        if marker {
+            out.push_str(&line[..indent]);
+            out.push_str(&" ".repeat(digits));
+            out.push_str(&rest[digits..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// The checked strings and numbers of a call's arguments, one per line.
@@ -579,6 +709,63 @@ mod tests {
             .check_arguments(&json!({"zone": "zone1", "pressure": 8.81}), &[])
             .unwrap_err();
         assert_eq!(e.read_for_other.as_deref(), Some("zone1"));
+    }
+
+    fn stations() -> Grounding {
+        let mut g = Grounding::default();
+        g.add("Report the torque of station S-17 in Nm.");
+        g.add("line=7\nstations:\n- station=S-16 torque_nm=41.97 spec_nm=42.0 cycles=2210\n- station=S-17 torque_nm=43.82 spec_nm=42.0 cycles=1041\n- station=S-18 torque_nm=40.72 spec_nm=42.0 cycles=5120");
+        g
+    }
+
+    #[test]
+    fn a_refusal_says_what_was_read_for_the_field_and_thing_named() {
+        let g = stations();
+        assert_eq!(
+            g.check_text("The torque of station S-17 was 43.82 Nm."),
+            Ok(())
+        );
+        // Another field of the same line: the hint gives the named field's value there.
+        for wrong in [
+            "The torque of station S-17 was 1041 Nm.",
+            "The torque of station S-17 was 42.0 Nm.",
+        ] {
+            let e = g.check_text(wrong).unwrap_err();
+            assert!(
+                e.hint().contains("\n  torque_nm=43.82\n"),
+                "{wrong}: {}",
+                e.hint()
+            );
+        }
+        // Another station's reading: likewise.
+        let e = g
+            .check_text("The torque of station S-17 was 41.97 Nm.")
+            .unwrap_err();
+        assert_eq!(e.read_for_other.as_deref(), Some("s17"));
+        let hint = e.hint();
+        assert!(hint.contains("station=S-16 torque_nm=41.97"), "{hint}");
+        assert!(hint.contains("\n  torque_nm=43.82\n"), "{hint}");
+        // Naming no field: the lines of the thing named.
+        let e = g.check_text("S-17: 2210").unwrap_err();
+        assert!(
+            e.hint().contains("\n  - station=S-17 torque_nm=43.82"),
+            "{}",
+            e.hint()
+        );
+    }
+
+    #[test]
+    fn the_numbers_of_a_numbered_list_are_free_text() {
+        let g = stations();
+        let list = "S-17:\n1. torque 43.82 Nm\n  10. cycles 1041\n11) done";
+        assert_eq!(g.check_text(list), Ok(()));
+        // Only at a line's start and before a space: values elsewhere are still checked.
+        assert!(g.check_text("S-17 torque was 12. Then 43.82").is_err());
+        assert!(g.check_text("12.5 Nm").is_err());
+        assert_eq!(
+            without_list_numbers("10. a\n 2) b\n1234. c"),
+            "  . a\n  ) b\n1234. c"
+        );
     }
 
     #[test]

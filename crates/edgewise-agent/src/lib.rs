@@ -8,7 +8,11 @@
 //! - `egress_allowed: false` is checked against resolved addresses, not names, and such an agent
 //!   never gets the cloud fallback, whatever its URL.
 //! - A spec is checked against the node's `agent_policy` in `AgentHost::tools`, which every way a
-//!   spec arrives goes through, before any of its tools is built or any command starts.
+//!   spec of this node's arrives goes through, before any of its tools is built or any command
+//!   starts; a neighbour's placed spec is checked against `mesh.accept_runs` instead, in
+//!   `AgentHost::placed_spec` and `placed_tools`, never against `agent_policy`; its KV (its
+//!   components' buckets included) is scoped to that node, its components keep only what
+//!   `mesh.accept_runs` allows of their manifests' grants, and this node's LAN is not its to reach.
 //! - This host and the link (loopback, link-local, multicast, ...) are reachable by agent tools
 //!   only where the node's policy lists them, whatever the spec's egress.
 
@@ -32,7 +36,7 @@ pub mod triggers;
 
 pub use error::AgentError;
 pub use host::AgentHost;
-pub use model_choice::{choose_model, ModelChoice};
+pub use model_choice::{choose_model, placed_model, ModelChoice};
 pub use runner::{
     new_run_id, Agent, CloudAccess, RunOptions, RunOutcome, RunStatus, StepEvent, StepRecord,
 };

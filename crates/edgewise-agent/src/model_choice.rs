@@ -48,6 +48,31 @@ pub fn choose_model(
     })
 }
 
+/// The model of a spec a neighbour placed here: its `model_config.path` when that names one of
+/// this node's models (`is_model_name`), the node's default when it names none. Nothing is
+/// looked up on this node's file system for a neighbour's spec, and nothing falls back: a name
+/// this node does not know is refused.
+pub fn placed_model(
+    spec: &AgentSpec,
+    config: &NodeConfig,
+    is_model_name: impl Fn(&str) -> bool,
+) -> Result<ModelChoice, String> {
+    let model = match spec.model_config.path.as_deref() {
+        None => config.default_model.clone(),
+        Some(name) if is_model_name(name) => name.to_owned(),
+        Some(name) => {
+            return Err(format!(
+                "model '{name}' (model_config.path of agent '{}') is not a model this node has; a placed run names its model by the catalog name this node serves it under",
+                spec.agent_id
+            ))
+        }
+    };
+    Ok(ModelChoice {
+        model,
+        warning: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +91,27 @@ mod tests {
         assert!(
             w.contains("/models/phi-4-mini-q4.gguf") && w.contains(&c.default_model),
             "{w}"
+        );
+    }
+
+    /// The attack: a neighbour's spec names a file of this node as its model, to learn whether
+    /// it exists (or have it loaded).
+    #[test]
+    fn a_placed_spec_never_has_this_node_look_at_a_file() {
+        let c = NodeConfig::default();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().display().to_string();
+        let s = spec(&format!("model_config:\n  path: \"{path}\"\n"));
+        // A local spec may name a file that exists; a placed one may not, exists or not.
+        assert_eq!(choose_model(&s, &c, None, |_| false).unwrap().model, path);
+        let err = placed_model(&s, &c, |_| false).unwrap_err();
+        assert!(err.contains("catalog name"), "{err}");
+        let named = spec("model_config:\n  path: gemma-3-270m\n");
+        let got = placed_model(&named, &c, |n| n == "gemma-3-270m").unwrap();
+        assert_eq!(got.model, "gemma-3-270m");
+        assert_eq!(
+            placed_model(&spec(""), &c, |_| false).unwrap().model,
+            c.default_model
         );
     }
 

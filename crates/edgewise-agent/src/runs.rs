@@ -32,6 +32,10 @@ pub struct RunRecord {
     pub cached: bool,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// The neighbour that placed this run here, if one did. Its task and answer belong to that
+    /// node: they never enter the history of this node's agent of the same id, nor the other way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
 }
 
 impl RunRecord {
@@ -91,6 +95,11 @@ impl RunStore {
             .kv
             .get_json(RUNS, &Self::key(agent, run))?
             .and_then(|v| serde_json::from_value(v).ok()))
+    }
+
+    /// Whether a record of `run` of `agent` exists, readable or not.
+    pub fn contains(&self, agent: &str, run: &str) -> Result<bool, StoreError> {
+        Ok(self.kv.get(RUNS, &Self::key(agent, run))?.is_some())
     }
 
     /// Runs of `agent` (all agents when `None`), oldest first.

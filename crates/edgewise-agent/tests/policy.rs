@@ -253,3 +253,232 @@ async fn endpoints_this_node_cannot_serve_are_refused_at_load_with_the_reason() 
         assert!(err.contains(why), "{endpoint}: {err}");
     }
 }
+
+/// A neighbour's placed spec passes `AgentHost::placed_tools`: it is held to `mesh.accept_runs`,
+/// never to the node's `agent_policy` however wide, and refused with every reason before anything
+/// starts. Within the default, its KV lands in the placing node's scope, not the local agent's.
+#[tokio::test]
+async fn a_placed_spec_is_held_to_accept_runs_and_its_kv_is_scoped_to_the_placing_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let command = format!("sh -c 'touch {}'", marker.display());
+    // The node's own agents may do all of what the spec asks.
+    let mut config =
+        NodeConfig::parse("mesh:\n  trust_domain: plant\n", Path::new("config.yaml")).unwrap();
+    config.agent_policy.mcp_commands = vec![command.clone().try_into().unwrap()];
+    config.agent_policy.file_roots = vec!["/".into()];
+    config.agent_policy.allow_egress = true;
+    let data = edgewise_core::DataDir::new(dir.path());
+    let host = edgewise_agent::AgentHost::open(&data, config).unwrap();
+    let yaml = format!(
+        "agent_id: a\nruntime: {{type: native}}\ncapabilities:\n  - name: shell\n    endpoint: \"mcp+stdio:{command}\"\n  - name: everything\n    endpoint: \"builtin:read_file\"\n    root: /\nworkflow_policy:\n  egress_allowed: true\n"
+    );
+    let spec = AgentSpec::parse(&yaml, Path::new("spec")).unwrap();
+    let reasons = match host.placed_tools(&spec, "node-a").await {
+        Err(edgewise_agent::AgentError::PlacedRefused(refusal)) => refusal.reasons(),
+        Err(e) => panic!("expected a refusal by mesh.accept_runs, got: {e}"),
+        Ok(_) => panic!("a placed spec beyond mesh.accept_runs was built"),
+    };
+    for needles in [
+        ["'shell'", "mesh.accept_runs.policy.schemes"],
+        ["'everything'", "mesh.accept_runs.builtins"],
+        ["'everything'", "mesh.accept_runs.policy.file_roots"],
+        ["egress_allowed", "mesh.accept_runs.policy.allow_egress"],
+    ] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| needles.iter().all(|n| r.contains(n))),
+            "no reason with {needles:?}: {reasons:#?}"
+        );
+    }
+    assert!(!marker.exists(), "the refused placed spec's command ran");
+    // The control: as the node's own spec it passes agent_policy, and the command starts.
+    let err = host
+        .tools(&spec, dir.path())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(!err.contains("agent_policy"), "{err}");
+    assert!(marker.exists(), "the listed command did not run: {err}");
+
+    // Within the default policy: the agent's own KV, scoped to the placing node.
+    let kv_spec = AgentSpec::parse(
+        "agent_id: a\nruntime: {type: native}\ncapabilities:\n  - name: remember\n    endpoint: \"builtin:kv_set\"\n  - name: recall\n    endpoint: \"builtin:kv_get\"\n",
+        Path::new("spec"),
+    )
+    .unwrap();
+    host.kv.set("agent:a", "shift", b"local secret").unwrap();
+    let (placed, _) = host.placed_tools(&kv_spec, "node-a").await.unwrap();
+    // The local agent "a" keeps its data from a neighbour's run that names the same id.
+    let r = placed.call("recall", &json!({"key": "shift"})).await;
+    assert!(matches!(r, Err(ToolError::Failed(_))), "{r:?}");
+    placed
+        .call("remember", &json!({"key": "shift", "value": "7"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        host.kv.get("mesh:node-a:a", "shift").unwrap().as_deref(),
+        Some(&b"7"[..])
+    );
+    assert_eq!(
+        host.kv.get("agent:a", "shift").unwrap().as_deref(),
+        Some(&b"local secret"[..])
+    );
+}
+
+/// A host whose `config.yaml` is `config` (a mesh member), in `dir`.
+fn placed_host(dir: &Path, config: &str) -> edgewise_agent::AgentHost {
+    let config = NodeConfig::parse(config, Path::new("config.yaml")).unwrap();
+    edgewise_agent::AgentHost::open(&edgewise_core::DataDir::new(dir), config).unwrap()
+}
+
+/// The attack: an installed component keeps its state in its own buckets (`wasm:NAME:BUCKET`);
+/// a neighbour's run using the same component must neither read nor overwrite what it holds
+/// for this node's agents.
+#[tokio::test]
+async fn a_placed_runs_components_keep_their_buckets_under_the_placing_nodes_scope() {
+    use edgewise_sandbox::HostServices;
+    let dir = tempfile::tempdir().unwrap();
+    let host = placed_host(dir.path(), "mesh:\n  trust_domain: plant\n");
+    let spec = AgentSpec::parse("agent_id: a\n", Path::new("spec")).unwrap();
+    let bucket = "wasm:sensor-reader:predictions";
+    host.kv.set(bucket, "valve", b"local state").unwrap();
+
+    let (_, placed) = host.placed_tools(&spec, "node-a").await.unwrap();
+    let services = edgewise_agent::tools::wasm::NodeServices::new(&placed);
+    assert_eq!(services.kv_get(bucket, "valve").unwrap(), None);
+    assert!(services.kv_keys(bucket).unwrap().is_empty());
+    services.kv_set(bucket, "valve", b"planted").unwrap();
+    services.kv_delete(bucket, "missing").unwrap();
+    assert_eq!(
+        host.kv.get(bucket, "valve").unwrap().as_deref(),
+        Some(&b"local state"[..]),
+        "the placed run reached this node's component state"
+    );
+    assert_eq!(
+        host.kv
+            .get("mesh:node-a:a:wasm:sensor-reader:predictions", "valve")
+            .unwrap()
+            .as_deref(),
+        Some(&b"planted"[..])
+    );
+    // The control: this node's own agent reads the bucket as named.
+    let (_, local) = host.tools(&spec, dir.path()).await.unwrap();
+    let services = edgewise_agent::tools::wasm::NodeServices::new(&local);
+    assert_eq!(
+        services.kv_get(bucket, "valve").unwrap().as_deref(),
+        Some(&b"local state"[..])
+    );
+}
+
+/// The attack: a neighbour picks the id of a run this node already recorded (its own agent's),
+/// to overwrite that record with its own.
+#[tokio::test]
+async fn a_placed_run_may_not_take_the_id_of_a_recorded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = placed_host(dir.path(), "mesh:\n  trust_domain: plant\n");
+    host.runs()
+        .save(&edgewise_agent::RunRecord {
+            agent: "shift-keeper".into(),
+            run: "run-1".into(),
+            task: "local task".into(),
+            status: edgewise_agent::RunStatus::Completed,
+            model: "m".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            ended: None,
+            answer: Some("local answer".into()),
+            error: None,
+            summaries: 0,
+            cached: false,
+            steps: Vec::new(),
+            placed_by: None,
+        })
+        .unwrap();
+    let err = host.check_new_run("shift-keeper", "run-1").unwrap_err();
+    assert!(
+        matches!(err, edgewise_agent::AgentError::RunExists { .. })
+            && err.to_string().contains("new run id"),
+        "{err}"
+    );
+    // Another agent's run of that id, or a new id, is free.
+    host.check_new_run("other", "run-1").unwrap();
+    host.check_new_run("shift-keeper", "run-2").unwrap();
+}
+
+/// The attack: a member not in `mesh.accept_runs.from` probes which of its spec's keys would pass.
+#[tokio::test]
+async fn a_node_not_in_from_is_told_only_that_before_its_spec_is_looked_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = placed_host(
+        dir.path(),
+        "mesh:\n  trust_domain: plant\n  accept_runs:\n    from: [node-a]\n    agents: [hidden]\n",
+    );
+    let spec = AgentSpec::parse(
+        "agent_id: probe\nmodel_config:\n  path: /etc/passwd\ncapabilities:\n  - name: shell\n    endpoint: \"mcp+stdio:sh\"\n",
+        Path::new("spec"),
+    )
+    .unwrap();
+    let refusal = match host.placed_spec(spec.clone(), "node-c") {
+        Err(edgewise_agent::AgentError::PlacedRefused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refusal.reasons(), ["node 'node-c' may not place runs here"]);
+    // node-a is listed: it gets every reason, none echoing the lists.
+    let reasons = match host.placed_spec(spec, "node-a") {
+        Err(edgewise_agent::AgentError::PlacedRefused(r)) => r.reasons(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("mesh.accept_runs.agents")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("model_config.path")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|r| !r.contains("hidden") && !r.contains("node-a")),
+        "{reasons:#?}"
+    );
+}
+
+/// A placed spec's unset limits take the ceilings, and `builtin:http_request` reaches only the
+/// schemes and destinations `mesh.accept_runs.policy` lists: not this node's LAN.
+#[tokio::test]
+async fn a_placed_runs_http_request_keeps_to_the_placed_schemes_and_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = placed_host(
+        dir.path(),
+        "mesh:\n  trust_domain: plant\n  accept_runs:\n    builtins: [http_request]\n    policy:\n      schemes: [builtin, https]\n",
+    );
+    let spec = AgentSpec::parse(
+        "agent_id: a\nruntime: {type: native}\ncapabilities:\n  - name: fetch\n    endpoint: \"builtin:http_request\"\n",
+        Path::new("spec"),
+    )
+    .unwrap();
+    let spec = host.placed_spec(spec, "node-a").unwrap();
+    assert_eq!(spec.model_config.max_tokens, Some(512));
+    assert_eq!(spec.model_config.context_window, Some(8192));
+    let (tools, _) = host.placed_tools(&spec, "node-a").await.unwrap();
+    let m = refused(
+        tools
+            .call("fetch", &json!({"url": "http://10.0.0.1/x"}))
+            .await,
+    );
+    assert!(m.contains("http URLs are not allowed here"), "{m}");
+    let m = refused(
+        tools
+            .call("fetch", &json!({"url": "https://10.0.0.1/x"}))
+            .await,
+    );
+    assert!(
+        m.contains("mesh.accept_runs.policy.local_destinations"),
+        "{m}"
+    );
+}

@@ -1,7 +1,8 @@
-//! The node's agent policy (`agent_policy:` in config.yaml): the most any agent spec may ask for on
-//! this node. A spec alone never decides what it starts, reads or reaches: it is checked against
-//! this policy before any of its tools is built, however it arrived (the API, `agent run`, a run a
-//! neighbour placed here).
+//! The node's agent policy (`agent_policy:` in config.yaml): the most any agent spec of this node's
+//! may ask for. A spec alone never decides what it starts, reads or reaches: it is checked against
+//! this policy before any of its tools is built, however it arrived (the API, `agent run`). A run a
+//! neighbour placed here is checked against `mesh.accept_runs.policy` instead (`accept_runs`),
+//! an `AgentPolicy` too, whose defaults are `AgentPolicy::placed`.
 //!
 //! Invariant: every default is the least privilege that still lets a node run its own agents:
 //! no commands, no sockets, no egress, files only under `<home>/files` and the spec's own directory
@@ -195,6 +196,26 @@ pub struct PolicyScope<'a> {
     pub spec_dir: &'a Path,
 }
 
+/// Whose spec a policy is checked for: it decides the config key refusals name and what they show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOf {
+    /// This node's own specs (`agent_policy`): refusals show what the policy lists.
+    Node,
+    /// Runs neighbours place here (`mesh.accept_runs.policy`): refusals name the key to widen,
+    /// never what it lists nor where this node keeps its files.
+    Placed,
+}
+
+impl PolicyOf {
+    /// The config key the policy is written under.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Node => "agent_policy",
+            Self::Placed => "mesh.accept_runs.policy",
+        }
+    }
+}
+
 /// What a spec asks for beyond the policy: the spec key that asks (its path of map keys and list
 /// indices, for the position) and a message naming the policy key to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +229,22 @@ fn key(parts: &[&str]) -> Vec<String> {
 }
 
 impl AgentPolicy {
-    /// The first thing `spec` asks for that this policy does not allow.
+    /// Least privilege for a spec a neighbour placed here (`mesh.accept_runs.policy`): built-in
+    /// tools and installed components only, no command, no file, no socket, no MQTT topic, no
+    /// egress, no local destination. A neighbour brings no authority over this node's resources.
+    pub fn placed() -> Self {
+        Self {
+            schemes: vec![Scheme::Builtin, Scheme::Wasm],
+            mcp_commands: Vec::new(),
+            mcp_commands_with_network: Vec::new(),
+            file_roots: Vec::new(),
+            unix_sockets: Vec::new(),
+            mqtt_topics: Vec::new(),
+            allow_egress: false,
+            local_destinations: Vec::new(),
+        }
+    }
+
     /// Whether the MCP server `command args` keeps the node's network under `egress_allowed: false`.
     pub fn mcp_command_has_network(&self, command: &str, args: &[String]) -> bool {
         self.mcp_commands_with_network
@@ -216,26 +252,50 @@ impl AgentPolicy {
             .any(|c| c.0.split_first() == Some((&command.to_owned(), args)))
     }
 
+    /// The first thing `spec` asks for that this policy (the node's `agent_policy`) does not allow.
     pub fn check(&self, spec: &AgentSpec, scope: &PolicyScope<'_>) -> Result<(), Violation> {
+        match self
+            .violations(spec, scope, PolicyOf::Node)
+            .into_iter()
+            .next()
+        {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything `spec` asks for that this policy does not allow, in spec order (egress first).
+    /// `of` says whose spec it is: each message names the config key this policy is written
+    /// under, and shows what the policy lists only for this node's own specs.
+    pub fn violations(
+        &self,
+        spec: &AgentSpec,
+        scope: &PolicyScope<'_>,
+        of: PolicyOf,
+    ) -> Vec<Violation> {
+        let at = of.key();
+        let mut found = Vec::new();
         if spec.workflow_policy.egress_allowed && !self.allow_egress {
-            return Err(Violation {
+            found.push(Violation {
                 key: key(&["workflow_policy", "egress_allowed"]),
-                message: "egress_allowed: true, but agent_policy.allow_egress is false on this node (set agent_policy.allow_egress: true in config.yaml to let agents send data outside the local trust domain)".into(),
+                message: format!("egress_allowed: true, but {at}.allow_egress is false on this node (set {at}.allow_egress: true in config.yaml to let agents send data outside the local trust domain)"),
             });
         }
         for (i, cap) in spec.capabilities.iter().enumerate() {
             let idx = i.to_string();
-            let at = |field: &str| key(&["capabilities", &idx, field]);
+            let field = |f: &str| key(&["capabilities", &idx, f]);
             let name = &cap.name;
             let scheme = Scheme::of(&cap.endpoint);
             if !self.schemes.contains(&scheme) {
-                return Err(Violation {
-                    key: at("endpoint"),
+                // The scheme alone rules the capability out; its other fields would only add noise.
+                found.push(Violation {
+                    key: field("endpoint"),
                     message: format!(
-                        "capability '{name}' uses the scheme '{}', which agent_policy.schemes does not list (add it to agent_policy.schemes in config.yaml)",
+                        "capability '{name}' uses the scheme '{}', which {at}.schemes does not list (add it to {at}.schemes in config.yaml)",
                         scheme.name()
                     ),
                 });
+                continue;
             }
             match &cap.endpoint {
                 Endpoint::McpStdio { command, args } => {
@@ -244,10 +304,10 @@ impl AgentPolicy {
                         .collect();
                     if !self.mcp_commands.iter().any(|c| c.0 == argv) {
                         let line = shell_words::join(&argv);
-                        return Err(Violation {
-                            key: at("endpoint"),
+                        found.push(Violation {
+                            key: field("endpoint"),
                             message: format!(
-                                "capability '{name}' starts '{line}', which agent_policy.mcp_commands does not list (add \"{}\" to agent_policy.mcp_commands in config.yaml)",
+                                "capability '{name}' starts '{line}', which {at}.mcp_commands does not list (add \"{}\" to {at}.mcp_commands in config.yaml)",
                                 line.replace('"', "\\\"")
                             ),
                         });
@@ -255,10 +315,10 @@ impl AgentPolicy {
                 }
                 Endpoint::Unix(path) => {
                     if !self.socket_allowed(path) {
-                        return Err(Violation {
-                            key: at("endpoint"),
+                        found.push(Violation {
+                            key: field("endpoint"),
                             message: format!(
-                                "capability '{name}' reaches the socket {}, which agent_policy.unix_sockets does not list (add it, or its directory, to agent_policy.unix_sockets in config.yaml)",
+                                "capability '{name}' reaches the socket {}, which {at}.unix_sockets does not list (add it, or its directory, to {at}.unix_sockets in config.yaml)",
                                 path.display()
                             ),
                         });
@@ -266,22 +326,24 @@ impl AgentPolicy {
                 }
                 Endpoint::Mqtt { topic, .. } => {
                     if !cap.subscribe && (topic.contains('+') || topic.contains('#')) {
-                        return Err(Violation {
-                            key: at("endpoint"),
+                        found.push(Violation {
+                            key: field("endpoint"),
                             message: format!("capability '{name}' publishes to '{topic}', but a topic to publish to cannot contain the wildcards + or #"),
                         });
-                    }
-                    if !self.topic_allowed(topic, &spec.agent_id) {
+                    } else if !self.topic_allowed(topic, &spec.agent_id) {
                         let verb = if cap.subscribe {
                             "subscribes to"
                         } else {
                             "publishes to"
                         };
-                        return Err(Violation {
-                            key: at("endpoint"),
+                        let listed = match of {
+                            PolicyOf::Node => format!(" ({})", self.mqtt_topics.join(", ")),
+                            PolicyOf::Placed => String::new(),
+                        };
+                        found.push(Violation {
+                            key: field("endpoint"),
                             message: format!(
-                                "capability '{name}' {verb} '{topic}', which agent_policy.mqtt_topics ({}) does not cover (add a filter for it to agent_policy.mqtt_topics in config.yaml)",
-                                self.mqtt_topics.join(", ")
+                                "capability '{name}' {verb} '{topic}', which {at}.mqtt_topics{listed} does not cover (add a filter for it to {at}.mqtt_topics in config.yaml)"
                             ),
                         });
                     }
@@ -290,19 +352,19 @@ impl AgentPolicy {
             }
             if let Some(root) = &cap.root {
                 if !self.file_root_allowed(&scope.spec_dir.join(root), scope) {
-                    return Err(self.file_violation(at("root"), name, root, scope));
+                    found.push(self.file_violation(field("root"), name, root, scope, of));
                 }
             }
             if let Some(grants) = &cap.grants {
                 for (j, f) in grants.files.iter().enumerate() {
                     if !self.file_root_allowed(&scope.spec_dir.join(&f.path), scope) {
                         let k = key(&["capabilities", &idx, "grants", "files", &j.to_string()]);
-                        return Err(self.file_violation(k, name, &f.path, scope));
+                        found.push(self.file_violation(k, name, &f.path, scope, of));
                     }
                 }
             }
         }
-        Ok(())
+        found
     }
 
     fn file_violation(
@@ -311,18 +373,34 @@ impl AgentPolicy {
         name: &str,
         path: &Path,
         scope: &PolicyScope<'_>,
+        of: PolicyOf,
     ) -> Violation {
+        if of == PolicyOf::Placed {
+            // Another node's spec: the path as it wrote it, not where this node keeps files.
+            return Violation {
+                key,
+                message: format!(
+                    "capability '{name}' grants the files of {}, outside the file roots this node allows a neighbour's run (add the directory to mesh.accept_runs.policy.file_roots in this node's config.yaml)",
+                    path.display()
+                ),
+            };
+        }
+        let at = of.key();
         let bases: Vec<String> = self
             .file_bases(scope)
             .iter()
             .map(|b| b.display().to_string())
             .collect();
+        let allowed = if bases.is_empty() {
+            "none".to_owned()
+        } else {
+            bases.join(", ")
+        };
         Violation {
             key,
             message: format!(
-                "capability '{name}' grants the files of {}, outside the file roots this node allows ({}) (move the files under one of them, or add the directory to agent_policy.file_roots in config.yaml)",
+                "capability '{name}' grants the files of {}, outside the file roots this node allows ({allowed}) (move the files under one of them, or add the directory to {at}.file_roots in config.yaml)",
                 normalize(&scope.spec_dir.join(path)).display(),
-                bases.join(", ")
             ),
         }
     }

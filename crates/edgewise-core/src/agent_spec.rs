@@ -196,6 +196,36 @@ pub enum Endpoint {
     Http(String),
 }
 
+/// The longest `agent_id`: it becomes part of KV namespaces, run keys and audit records.
+pub const MAX_AGENT_ID_LEN: usize = 64;
+
+/// Tokens one step may generate when the spec's `model_config.max_tokens` is unset.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+
+/// Why `id` cannot be an agent's id, if it cannot: 1–64 letters, digits, `-`, `_` and `.` (no
+/// `:`, so `agent:<id>` and `mesh:<node>:<id>` never collide).
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    let plain = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !plain {
+        let shown: String = id.chars().take(MAX_AGENT_ID_LEN).collect();
+        return Err(format!(
+            "agent_id '{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
+            shown.escape_debug()
+        ));
+    }
+    if id.len() > MAX_AGENT_ID_LEN {
+        return Err(format!(
+            "agent_id '{}…' is {} characters long; use at most {MAX_AGENT_ID_LEN}",
+            &id[..MAX_AGENT_ID_LEN],
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
 pub const BUILTIN_TOOLS: &[&str] = &[
     "read_file",
     "list_dir",
@@ -534,20 +564,7 @@ impl AgentSpec {
     /// Checks that need the whole spec; returns the path of the offending key.
     fn validate(&self) -> Result<(), (Vec<String>, String)> {
         let key = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        if self.agent_id.trim().is_empty()
-            || !self
-                .agent_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err((
-                key(&["agent_id"]),
-                format!(
-                    "agent_id '{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
-                    self.agent_id
-                ),
-            ));
-        }
+        check_agent_id(&self.agent_id).map_err(|message| (key(&["agent_id"]), message))?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, cap) in self.capabilities.iter().enumerate() {
             let idx = i.to_string();
@@ -922,6 +939,21 @@ workflow_policy:
             s.workflow_policy.fallback.as_deref(),
             Some("regional-fog-node")
         );
+    }
+
+    #[test]
+    fn an_agent_id_longer_than_64_characters_is_refused_at_its_position() {
+        let at_limit = "a".repeat(MAX_AGENT_ID_LEN);
+        assert!(parse(&format!("agent_id: {at_limit}\n")).is_ok());
+        let err = parse(&format!("version: \"1\"\nagent_id: {at_limit}b\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("a.yaml:2:1:") && err.contains("65 characters long; use at most 64"),
+            "{err}"
+        );
+        let err = parse("agent_id: \"a:b\"\n").unwrap_err().to_string();
+        assert!(err.contains("only letters, digits"), "{err}");
     }
 
     #[test]

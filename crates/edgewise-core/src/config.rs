@@ -77,7 +77,8 @@ pub struct NodeConfig {
     pub sync: Option<SyncConfig>,
     /// Joining a mesh of nodes over Zenoh (mTLS on every link); absent means this node is alone.
     pub mesh: Option<MeshConfig>,
-    /// The most an agent spec may ask for on this node (commands, files, sockets, topics, egress).
+    /// The most an agent spec of this node's may ask for (commands, files, sockets, topics,
+    /// egress). Runs neighbours place here are bounded by `mesh.accept_runs` instead.
     pub agent_policy: crate::AgentPolicy,
 }
 
@@ -188,6 +189,28 @@ pub struct MeshConfig {
     /// What this node shares with its neighbours; nothing else is ever sent to them.
     #[serde(default)]
     pub share: MeshShare,
+    /// What runs neighbours place here may do: checked instead of `agent_policy` (least
+    /// privilege by default: `builtin:current_time`, the agent's own KV, installed components).
+    #[serde(default)]
+    pub accept_runs: crate::AcceptRuns,
+}
+
+/// Node names become mesh key-expression chunks, certificate names and the KV scope of the runs a
+/// node places on its neighbours (`mesh:<node>:<agent>`): 1–64 letters, digits, `.`, `_`, `-`.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name '{}' is not usable in the mesh: use 1–64 letters, digits, '.', '_' or '-'",
+            name.escape_debug()
+        ))
+    }
 }
 
 /// `mesh.share`: the documents and collections that neighbours may read and that this node keeps

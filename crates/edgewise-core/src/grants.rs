@@ -37,6 +37,10 @@ pub struct Grants {
     pub memory_limit: Option<bytesize::ByteSize>,
 }
 
+/// A `kv_buckets` entry with this prefix names the node's shared CRDT document (`doc:NAME`), not a
+/// namespace of the component's own.
+pub const DOCUMENT_BUCKET_PREFIX: &str = "doc:";
+
 /// The time limit of a component whose grants name none.
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(1);
 /// Where a granted directory appears to the component unless the grant says otherwise.

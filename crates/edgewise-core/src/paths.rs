@@ -57,6 +57,12 @@ impl DataDir {
         self.root.join("agents")
     }
 
+    /// Where relative paths of specs that neighbours place here resolve. Not under `agents/`: a
+    /// placed spec has no directory of its own whose files it may read.
+    pub fn placed_runs(&self) -> PathBuf {
+        self.root.join("placed-runs")
+    }
+
     /// Installed Wasm components (`edgewise component add`), one directory each.
     pub fn components(&self) -> PathBuf {
         self.root.join("components")

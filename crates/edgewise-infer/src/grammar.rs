@@ -84,6 +84,41 @@ pub fn prose_answer_grammar() -> Constraint {
     Constraint::Lark("start: PROSE\nPROSE: /[\\p{L}\\p{N}][^<{}\\[\\]]*/\n".into())
 }
 
+/// A text answer whose numbers are all among `numbers` (digit runs with at most one decimal
+/// point: `43.82`, `17`). For the retry of an answer that gave a value read for something else:
+/// the runtime knows the values read for what the answer is about, and a small model told them
+/// still tends to write the wrong one it saw nearby. A listed number must be followed by a
+/// non-digit (and a `.` by a non-digit), so listed numbers never combine into others (`17.17`).
+pub fn answer_with_numbers_grammar(numbers: &[String]) -> Constraint {
+    Constraint::Lark(format!(
+        "start: ANSWER\nANSWER: /{}/\n",
+        answer_with_numbers_regex(numbers)
+    ))
+}
+
+fn answer_with_numbers_regex(numbers: &[String]) -> String {
+    let mut allowed: Vec<String> = numbers
+        .iter()
+        .filter(|n| {
+            n.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && n.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && n.matches('.').count() <= 1
+                && !n.ends_with('.')
+        })
+        .map(|n| n.replace('.', "\\."))
+        .collect();
+    allowed.sort();
+    allowed.dedup();
+    // Text between numbers: no digit, and no `.` before one.
+    let text = "([^0-9.]|\\.[^0-9])";
+    let first = "[^0-9.<{\\[`\\s]";
+    if allowed.is_empty() {
+        return format!("{first}{text}*\\.?");
+    }
+    let num = format!("({})", allowed.join("|"));
+    format!("({first}|{num}{text})({text}|{num}{text})*{num}?\\.?")
+}
+
 /// The call-or-answer decision's default threshold (`GenerateRequest::call_threshold`): a call
 /// only where the model puts at least this probability on calling. Chosen on `edgewise eval
 /// tools` (see the README's figures).
@@ -259,6 +294,15 @@ pub fn describe_tools_for_prompt(tools: &[ToolSpec]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_held_to_numbers_writes_no_others() {
+        let rx = answer_with_numbers_regex(&["43.82".into(), "17".into(), "1..2".into()]);
+        assert_eq!(
+            rx,
+            "([^0-9.<{\\[`\\s]|(17|43\\.82)([^0-9.]|\\.[^0-9]))(([^0-9.]|\\.[^0-9])|(17|43\\.82)([^0-9.]|\\.[^0-9]))*(17|43\\.82)?\\.?"
+        );
+    }
 
     #[test]
     fn parses_one_call_and_keeps_text_before_it() {

@@ -25,8 +25,8 @@ pub use embed::{Embedder, LazyEmbedder};
 pub use engine::{Engine, EngineConfig, EngineStats, ModelInfo, StatsSnapshot};
 pub use error::InferError;
 pub use grammar::{
-    parse_tool_calls, tool_call_grammar, tool_calls_grammar, ToolCall, ToolChoice, ToolSpec,
-    DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
+    answer_with_numbers_grammar, parse_tool_calls, tool_call_grammar, tool_calls_grammar, ToolCall,
+    ToolChoice, ToolSpec, DEFAULT_CALL_THRESHOLD, MAX_PARALLEL_CALLS,
 };
 pub use prompt::ControlTokens;
 pub use request::{

@@ -13,9 +13,18 @@
 //! Invariants:
 //! - Every link is TLS with client authentication against the domain CA (`zconfig`); a config that
 //!   names a non-`tls/` endpoint is refused before anything is opened.
+//! - A member is who its certificate says (`identity`): adverts, calls and reply heads are sealed
+//!   with the sender's certificate key, and what claims a node but was not sealed by that node's
+//!   certificate is dropped and reported ([`Forged`]). A node is placed on only while its sealed
+//!   adverts keep coming; a caller takes replies only from the node it called; a call runs once
+//!   (nonce) and only on the node it was sealed for.
+//! - A call's body and its answer's chunks are encrypted to the called node's advertised key
+//!   (`confidential`): whoever else listens on its call key reads nothing and cannot answer.
 //! - A node never calls itself through the mesh, and a call that arrives through the mesh is run
 //!   locally only (the server hands the mesh a handler that does not offload), so calls cannot loop.
 
+mod confidential;
+pub mod identity;
 mod pki;
 pub mod wire;
 mod zconfig;
@@ -31,7 +40,11 @@ use serde::{Deserialize, Serialize};
 use zenoh::query::ConsolidationMode;
 use zenoh::sample::SampleKind;
 
-pub use pki::{init_ca, issue, NodeTls, CA_CERT, CA_KEY, NODE_CERT, NODE_KEY};
+pub use identity::{Signer, Verifier};
+pub use pki::{
+    init_ca, issue, issue_for_days, NodeTls, CA_CERT, CA_KEY, DEFAULT_CERT_DAYS, MAX_CERT_DAYS,
+    NODE_CERT, NODE_KEY,
+};
 pub use zconfig::zenoh_config;
 
 const NODE_PREFIX: &str = "edgewise/node/";
@@ -43,6 +56,35 @@ pub const ADVERT_EVERY: Duration = Duration::from_millis(500);
 pub const PING_PATH: &str = "/ping";
 /// Weight of the newest probe in a neighbour's smoothed round-trip time.
 const RTT_WEIGHT: f64 = 0.3;
+/// A neighbour is placed on only while its sealed adverts keep coming: a presence token alone
+/// proves nothing (anyone can declare one under any name).
+const ADVERT_FRESH: Duration = Duration::from_secs(5);
+/// The clock difference tolerated between members: a sealed advert or call older (or newer)
+/// than this is refused, so a recorded one cannot be replayed later.
+pub const MAX_SKEW: Duration = Duration::from_secs(60);
+/// Call nonces remembered for replay checks; when full, calls are refused until old ones age out.
+const MAX_REMEMBERED_CALLS: usize = 65_536;
+/// A node warns this long before its own certificate expires.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A message that claimed a node whose certificate did not seal it: dropped, and reported so the
+/// node can count it and write it to its audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forged {
+    /// `advert`, `call` or `reply`.
+    pub what: &'static str,
+    /// The key expression it arrived on (`edgewise/advert/node-b`): Zenoh's stable API names no
+    /// transport link, so this and the sealing certificate are how the sender is known.
+    pub key: String,
+    /// The node it claimed to be from.
+    pub claimed: String,
+    /// The member whose valid certificate sealed it, if one did.
+    pub sealed_by: Option<String>,
+    pub reason: String,
+}
+
+/// Where a node reports forged messages (the server counts and audits them).
+pub type ForgedReporter = Arc<dyn Fn(Forged) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -102,6 +144,13 @@ pub struct Advert {
     pub active: u64,
     /// Generated tokens per second over the node's lifetime.
     pub tokens_per_s: f64,
+    /// When it was sealed (Unix ms); stale adverts are refused.
+    #[serde(default)]
+    pub sent_ms: u64,
+    /// The node's X25519 public key for this run of its process, hex: calls to it are
+    /// encrypted to it (`confidential`).
+    #[serde(default)]
+    pub kx_public: String,
 }
 
 /// One neighbour, for `mesh status` and placement.
@@ -122,6 +171,8 @@ struct PeerEntry {
     last_seen: Instant,
     rtt_ms: Option<f64>,
     advert: Option<Advert>,
+    /// When its last sealed advert was verified.
+    advert_at: Option<Instant>,
 }
 
 impl PeerEntry {
@@ -131,7 +182,12 @@ impl PeerEntry {
             last_seen: Instant::now(),
             rtt_ms: None,
             advert: None,
+            advert_at: None,
         }
+    }
+
+    fn advert_fresh(&self) -> bool {
+        self.advert_at.is_some_and(|at| at.elapsed() < ADVERT_FRESH)
     }
 }
 
@@ -177,10 +233,114 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 pub struct MeshNode {
     name: String,
     session: zenoh::Session,
+    keys: Arc<Keys>,
     peers: Arc<Mutex<BTreeMap<String, PeerEntry>>>,
     /// Woken whenever a neighbour's presence goes away, so calls waiting on it end at once.
     departed: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// This node's name, key and trust, shared by its tasks.
+struct Keys {
+    name: String,
+    signer: Signer,
+    verifier: Verifier,
+    on_forged: ForgedReporter,
+    kx: confidential::KxKey,
+    /// Calls answered lately (nonce, sealed at): each runs once.
+    seen: Mutex<SeenCalls>,
+}
+
+#[derive(Default)]
+struct SeenCalls {
+    order: std::collections::VecDeque<(u64, String)>,
+    nonces: std::collections::HashSet<String>,
+}
+
+impl SeenCalls {
+    /// Records `nonce`; false if it was seen already or too many calls are remembered.
+    fn first_time(&mut self, nonce: &str, sent_ms: u64, now_ms: u64) -> Result<(), &'static str> {
+        let horizon = now_ms.saturating_sub(MAX_SKEW.as_millis() as u64);
+        while self.order.front().is_some_and(|(t, _)| *t < horizon) {
+            if let Some((_, n)) = self.order.pop_front() {
+                self.nonces.remove(&n);
+            }
+        }
+        if self.nonces.contains(nonce) {
+            return Err("a replayed call (its nonce was seen already)");
+        }
+        if self.order.len() >= MAX_REMEMBERED_CALLS {
+            return Err("busy: too many calls to remember for replay checks");
+        }
+        self.nonces.insert(nonce.to_owned());
+        self.order.push_back((sent_ms, nonce.to_owned()));
+        Ok(())
+    }
+}
+
+impl Keys {
+    fn report(
+        &self,
+        what: &'static str,
+        key: &str,
+        claimed: &str,
+        sealed_by: Option<String>,
+        reason: String,
+    ) {
+        tracing::warn!(what, key, claimed, sealed_by = ?sealed_by, %reason, "forged mesh message dropped");
+        (self.on_forged)(Forged {
+            what,
+            key: key.to_owned(),
+            claimed: claimed.to_owned(),
+            sealed_by,
+            reason,
+        });
+    }
+
+    /// The member that sealed `env` (certificate checked), if any, for reports.
+    fn sealer(&self, env: &identity::Envelope<'_>) -> Option<String> {
+        self.verifier
+            .certificate_name(env.cert, std::time::SystemTime::now())
+            .ok()
+    }
+}
+
+/// Whether `sent_ms` is within the allowed skew of now.
+fn fresh(sent_ms: u64, now_ms: u64) -> bool {
+    now_ms.abs_diff(sent_ms) <= MAX_SKEW.as_millis() as u64
+}
+
+/// This node's own certificate: it must name `name`, chain to the CA and be valid now. Warns
+/// within [`EXPIRY_WARNING`] of its end.
+fn check_own_certificate(name: &str, keys: &Keys, tls: &NodeTls) -> Result<(), MeshError> {
+    let now = std::time::SystemTime::now();
+    let named = keys
+        .verifier
+        .certificate_name(keys.signer.cert_der(), now)
+        .map_err(|e| {
+            MeshError::Pki(format!(
+                "{}: {e}; this node cannot join: issue it a new one with `edgewise mesh cert issue {name}` on the CA holder",
+                tls.cert.display()
+            ))
+        })?;
+    if named != name {
+        return Err(MeshError::Pki(format!(
+            "{} is the certificate of '{named}', not of '{name}': a node joins under the name its certificate gives (set `name: {named}` in its config.yaml, or issue a certificate for '{name}')",
+            tls.cert.display()
+        )));
+    }
+    if let Some(end) = identity::not_after(keys.signer.cert_der()) {
+        if let Ok(left) = end.duration_since(now) {
+            if left < EXPIRY_WARNING {
+                let days = left.as_secs() / 86_400;
+                tracing::warn!(days, "this node's mesh certificate expires soon");
+                eprintln!(
+                    "mesh: warning: this node's certificate expires in {days} days; issue a new one with `edgewise mesh cert issue {name} --days N`"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl MeshNode {
@@ -192,9 +352,19 @@ impl MeshNode {
         tls: &NodeTls,
         advert: Arc<dyn Fn() -> Advert + Send + Sync>,
         handler: Arc<dyn CallHandler>,
+        on_forged: ForgedReporter,
     ) -> Result<Self, MeshError> {
         check_node_name(name)?;
         tls.check()?;
+        let keys = Arc::new(Keys {
+            name: name.to_owned(),
+            signer: Signer::load(tls)?,
+            verifier: Verifier::load(tls)?,
+            on_forged,
+            kx: confidential::KxKey::generate(),
+            seen: Mutex::default(),
+        });
+        check_own_certificate(name, &keys, tls)?;
         let config = zenoh_config(cfg, tls)?;
         let session = zenoh::open(config).await.map_err(zenoh_err)?;
         let peers: Arc<Mutex<BTreeMap<String, PeerEntry>>> = Arc::default();
@@ -234,6 +404,8 @@ impl MeshNode {
                     if node == me {
                         continue;
                     }
+                    // Anyone may declare a token under any name: a token alone never makes a node
+                    // a placement candidate (its sealed adverts must keep coming, `advert_fresh`).
                     let alive = sample.kind() == SampleKind::Put;
                     tracing::info!(node, alive, "mesh presence");
                     let mut table = lock(&peers);
@@ -250,7 +422,7 @@ impl MeshNode {
             }));
         }
         {
-            let (peers, me) = (peers.clone(), me.clone());
+            let (peers, me, keys_a) = (peers.clone(), me.clone(), keys.clone());
             tasks.push(tokio::spawn(async move {
                 while let Ok(sample) = adverts.recv_async().await {
                     let Some(node) = sample.key_expr().as_str().strip_prefix(ADVERT_PREFIX) else {
@@ -259,11 +431,12 @@ impl MeshNode {
                     if node == me || sample.kind() != SampleKind::Put {
                         continue;
                     }
-                    let advert: Advert = match serde_json::from_slice(&sample.payload().to_bytes())
-                    {
+                    let bytes = sample.payload().to_bytes();
+                    let advert = match verify_advert(&keys_a, node, &bytes) {
                         Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(node, error = %e, "unreadable advert");
+                        Err((sealed_by, reason)) => {
+                            let key = sample.key_expr().as_str();
+                            keys_a.report("advert", key, node, sealed_by, reason);
                             continue;
                         }
                     };
@@ -272,6 +445,7 @@ impl MeshNode {
                         .entry(node.to_owned())
                         .or_insert_with(|| PeerEntry::new(false));
                     entry.last_seen = Instant::now();
+                    entry.advert_at = Some(Instant::now());
                     entry.advert = Some(advert);
                 }
             }));
@@ -279,27 +453,35 @@ impl MeshNode {
         {
             let session = session.clone();
             let key = format!("{ADVERT_PREFIX}{me}");
+            let keys = keys.clone();
             tasks.push(tokio::spawn(async move {
                 let mut every = tokio::time::interval(ADVERT_EVERY);
                 loop {
                     every.tick().await;
-                    let bytes = serde_json::to_vec(&advert()).unwrap_or_default();
+                    let mut a = advert();
+                    a.node = keys.name.clone();
+                    a.sent_ms = identity::now_ms();
+                    a.kx_public = hex::encode(keys.kx.public);
+                    let json = serde_json::to_vec(&a).unwrap_or_default();
+                    let bytes = keys.signer.seal(identity::Kind::Advert, &json, &[]);
                     if let Err(e) = session.put(&key, bytes).await {
                         tracing::warn!(error = %e, "cannot publish this node's advert");
                     }
                 }
             }));
         }
+        let keys_c = keys.clone();
         tasks.push(tokio::spawn(async move {
             // Neighbours cannot make this node run more calls at once than this; beyond it they
             // get an error at once and try their next candidate.
             let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT));
             while let Ok(query) = calls.recv_async().await {
                 let handler = handler.clone();
+                let keys = keys_c.clone();
                 match in_flight.clone().try_acquire_owned() {
                     Ok(permit) => {
                         tokio::spawn(async move {
-                            answer(query, handler).await;
+                            answer(query, handler, keys).await;
                             drop(permit);
                         });
                     }
@@ -317,6 +499,7 @@ impl MeshNode {
         Ok(Self {
             name: name.to_owned(),
             session,
+            keys,
             peers,
             departed,
             tasks,
@@ -360,7 +543,7 @@ impl MeshNode {
     fn ranked(&self, capable: impl Fn(&Advert) -> bool) -> Vec<String> {
         let mut found: Vec<(u8, u64, u64, String)> = lock(&self.peers)
             .iter()
-            .filter(|(_, e)| e.alive)
+            .filter(|(_, e)| e.alive && e.advert_fresh())
             .filter_map(|(node, e)| {
                 let a = e.advert.as_ref()?;
                 // Not measured yet: after the measured ones of the same tier and load.
@@ -428,44 +611,84 @@ impl MeshNode {
                 "a node does not call itself through the mesh".into(),
             ));
         }
-        let head = wire::RequestHead {
-            from: self.name.clone(),
-            method: method.to_owned(),
-            path: path.to_owned(),
-        };
-        let replies = self
-            .session
-            .get(format!("{CALL_PREFIX}{node}"))
-            .payload(wire::encode_request(&head, body))
-            .consolidation(ConsolidationMode::None)
-            .timeout(timeout)
-            .await
-            .map_err(zenoh_err)?;
         let remote = |message: String| MeshError::Remote {
             node: node.to_owned(),
             message,
         };
+        // The body is encrypted to the key in `node`'s sealed advert: no advert, no call.
+        let kx_public = lock(&self.peers)
+            .get(node)
+            .and_then(|e| e.advert.as_ref())
+            .and_then(|a| hex::decode(&a.kx_public).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                remote("no sealed advert from it yet (not a member, or just joined)".into())
+            })?;
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let (call_keys, eph) = confidential::caller_keys(&kx_public, &nonce)
+            .ok_or_else(|| remote("its advert carries an unusable key".into()))?;
+        let head = wire::RequestHead {
+            from: self.name.clone(),
+            to: node.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            nonce: nonce.clone(),
+            sent_ms: identity::now_ms(),
+            eph: hex::encode(eph),
+        };
+        let key = format!("{CALL_PREFIX}{node}");
+        let sealed_body = call_keys.seal_request(body);
+        let replies = self
+            .session
+            .get(&key)
+            .payload(wire::seal_request(&self.keys.signer, &head, &sealed_body))
+            .consolidation(ConsolidationMode::None)
+            .timeout(timeout)
+            .await
+            .map_err(zenoh_err)?;
         // Zenoh ends a query when its route goes away; the presence watch ends it as soon as
         // the node is known gone, whichever comes first.
         let gone = until_gone(self.peers.clone(), self.departed.clone(), node.to_owned());
-        let first = tokio::select! {
-            first = replies.recv_async() => first
-                .map_err(|_| remote("did not answer (gone, or not serving calls)".into()))?,
-            () = gone => return Err(remote("left the mesh before answering".into())),
-        };
-        let sample = first
-            .result()
-            .map_err(|e| remote(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned()))?;
-        let head = match wire::decode_reply(&sample.payload().to_bytes())? {
-            wire::Frame::Head(h) => h,
-            wire::Frame::Body(_) => return Err(remote("answered without a head".into())),
+        tokio::pin!(gone);
+        // Every member may answer a query on any call key: the first head sealed by `node`
+        // for this call's nonce is the answer, and only chunks sealed by the same certificate
+        // follow it. Errors are unsealed (Zenoh's own, or "busy"): the last one is kept for
+        // when no answer comes.
+        let mut last_error = None;
+        let (status, content_type) = loop {
+            let reply = tokio::select! {
+                reply = replies.recv_async() => match reply {
+                    Ok(r) => r,
+                    Err(_) => return Err(remote(last_error.unwrap_or_else(|| {
+                        "did not answer (gone, or not serving calls)".to_owned()
+                    }))),
+                },
+                () = &mut gone => return Err(remote("left the mesh before answering".into())),
+            };
+            let sample = match reply.result() {
+                Ok(sample) => sample,
+                Err(e) => {
+                    last_error =
+                        Some(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned());
+                    continue;
+                }
+            };
+            let bytes = sample.payload().to_bytes();
+            match verify_head(&self.keys, node, &nonce, &bytes) {
+                Ok(found) => break found,
+                Err((sealed_by, reason)) => {
+                    self.keys.report("reply", &key, node, sealed_by, reason);
+                }
+            }
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let name = node.to_owned();
-        let (peers, departed) = (self.peers.clone(), self.departed.clone());
+        let (peers, departed, keys) =
+            (self.peers.clone(), self.departed.clone(), self.keys.clone());
         tokio::spawn(async move {
             let gone = until_gone(peers, departed, name.clone());
             tokio::pin!(gone);
+            let mut seq = 0u64;
             loop {
                 let reply = tokio::select! {
                     reply = replies.recv_async() => match reply {
@@ -480,31 +703,103 @@ impl MeshNode {
                         return;
                     }
                 };
-                let chunk = match reply.result() {
-                    Ok(sample) => match wire::decode_reply(&sample.payload().to_bytes()) {
-                        Ok(wire::Frame::Body(b)) => Ok(b.to_vec()),
-                        Ok(wire::Frame::Head(_)) => {
-                            Err(MeshError::Protocol("a second head in one answer".into()))
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(MeshError::Remote {
-                        node: name.clone(),
-                        message: String::from_utf8_lossy(&e.payload().to_bytes()).into_owned(),
-                    }),
+                // Errors after the head are another responder's: the answer goes on.
+                let Ok(sample) = reply.result() else { continue };
+                let bytes = sample.payload().to_bytes();
+                let chunk = match open_chunk(&call_keys, seq, &bytes) {
+                    Ok(chunk) => chunk,
+                    Err(reason) => {
+                        keys.report("reply", &key, &name, None, reason);
+                        continue;
+                    }
                 };
-                let failed = chunk.is_err();
-                if tx.send(chunk).is_err() || failed {
+                seq = seq.saturating_add(1);
+                if tx.send(Ok(chunk)).is_err() {
                     return;
                 }
             }
         });
         Ok(RemoteResponse {
             node: node.to_owned(),
-            status: head.status,
-            content_type: head.content_type,
+            status,
+            content_type,
             body: rx,
         })
+    }
+}
+
+/// An advert sealed by `node`'s certificate, about `node`, and fresh; else who sealed it and why
+/// it is refused.
+fn verify_advert(
+    keys: &Keys,
+    node: &str,
+    bytes: &[u8],
+) -> Result<Advert, (Option<String>, String)> {
+    let env = identity::open(bytes, identity::Kind::Advert).map_err(|e| (None, e))?;
+    let signer = keys.verifier.verify(&env).map_err(|e| (None, e))?;
+    if signer != node {
+        return Err((
+            Some(signer.clone()),
+            format!("sealed by {signer}, not by {node}"),
+        ));
+    }
+    let advert: Advert = serde_json::from_slice(env.signed)
+        .map_err(|e| (Some(signer.clone()), format!("unreadable advert: {e}")))?;
+    if advert.node != node {
+        return Err((
+            Some(signer),
+            format!("an advert for '{}' under {node}'s key", advert.node),
+        ));
+    }
+    if !fresh(advert.sent_ms, identity::now_ms()) {
+        return Err((
+            Some(signer),
+            "a stale advert (sealed outside the allowed clock skew)".into(),
+        ));
+    }
+    Ok(advert)
+}
+
+/// A reply head sealed by `node` for the call `nonce`: its status and content type.
+fn verify_head(
+    keys: &Keys,
+    node: &str,
+    nonce: &str,
+    bytes: &[u8],
+) -> Result<(u16, String), (Option<String>, String)> {
+    let (head, env) = match wire::open_reply(bytes) {
+        Ok(wire::Frame::Head(head, env)) => (head, env),
+        Ok(wire::Frame::Body(_)) => return Err((None, "a body chunk before any head".into())),
+        Err(e) => return Err((None, e.to_string())),
+    };
+    let signer = keys
+        .verifier
+        .verify(&env)
+        .map_err(|e| (keys.sealer(&env), e))?;
+    if signer != node {
+        return Err((
+            Some(signer.clone()),
+            format!("answered by {signer}, not by the called node {node}"),
+        ));
+    }
+    if head.nonce != nonce {
+        return Err((Some(signer), "the head answers another call".into()));
+    }
+    Ok((head.status, head.content_type))
+}
+
+/// Body chunk `seq` of an answer: only the called node holds the key it is encrypted with.
+fn open_chunk(
+    call_keys: &confidential::CallKeys,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
+    match wire::open_reply(bytes) {
+        Ok(wire::Frame::Body(sealed)) => call_keys
+            .open_chunk(seq, sealed)
+            .ok_or_else(|| format!("chunk {seq} of the answer does not open with the call's key")),
+        Ok(wire::Frame::Head(..)) => Err("a second head in one answer".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -536,27 +831,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs one incoming call and streams its answer back as replies.
-async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>) {
+/// Runs one incoming call, if it is sealed by the node it names, for this node, fresh and not a
+/// replay, and streams its answer back as sealed replies.
+async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>, keys: Arc<Keys>) {
     let payload = query.payload().map(|p| p.to_bytes().into_owned());
     let Some(payload) = payload else {
         let _ = query.reply_err("a call needs a payload").await;
         return;
     };
-    let (head, body) = match wire::decode_request(&payload) {
+    let key = query.key_expr().as_str().to_owned();
+    let (head, body, call_keys) = match verify_call(&keys, &payload) {
         Ok(v) => v,
-        Err(e) => {
-            let _ = query.reply_err(e.to_string()).await;
+        Err((claimed, sealed_by, reason)) => {
+            keys.report("call", &key, &claimed, sealed_by, reason.clone());
+            let _ = query.reply_err(format!("refused: {reason}")).await;
             return;
         }
     };
+    let nonce = head.nonce.clone();
+    let sealed_head = |status: u16, content_type: String| {
+        wire::seal_head(
+            &keys.signer,
+            &wire::ResponseHead {
+                status,
+                content_type,
+                nonce: nonce.clone(),
+            },
+        )
+    };
     if head.path == PING_PATH {
-        let head = wire::ResponseHead {
-            status: 204,
-            content_type: "text/plain".into(),
-        };
         let _ = query
-            .reply(query.key_expr().clone(), wire::encode_head(&head))
+            .reply(
+                query.key_expr().clone(),
+                sealed_head(204, "text/plain".into()),
+            )
             .await;
         return;
     }
@@ -572,22 +880,69 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>) {
     )
     .await;
     let key = query.key_expr().clone();
-    let head = wire::ResponseHead {
-        status: response.status,
-        content_type: response.content_type,
-    };
     if query
-        .reply(key.clone(), wire::encode_head(&head))
+        .reply(
+            key.clone(),
+            sealed_head(response.status, response.content_type),
+        )
         .await
         .is_err()
     {
         return;
     }
     let mut body = response.body;
+    let mut seq = 0u64;
     while let Some(chunk) = body.next().await {
-        if let Err(e) = query.reply(key.clone(), wire::encode_body(&chunk)).await {
+        let sealed = wire::chunk_frame(call_keys.seal_chunk(seq, &chunk));
+        seq = seq.saturating_add(1);
+        if let Err(e) = query.reply(key.clone(), sealed).await {
             tracing::debug!(error = %e, "caller went away mid-answer");
             return;
         }
     }
+}
+
+/// A call's head and body when it is sealed by the node its head names, sealed for this node,
+/// fresh, its nonce new and its body encrypted to this node: the head, the body and the call's
+/// keys; else (claimed sender, sealer, reason).
+fn verify_call(
+    keys: &Keys,
+    payload: &[u8],
+) -> Result<(wire::RequestHead, Vec<u8>, confidential::CallKeys), (String, Option<String>, String)>
+{
+    let (env, head) =
+        wire::open_request(payload).map_err(|e| ("?".to_owned(), None, e.to_string()))?;
+    let claimed = head.from.clone();
+    let signer = keys
+        .verifier
+        .verify(&env)
+        .map_err(|e| (claimed.clone(), keys.sealer(&env), e))?;
+    let refuse = |reason: String| (claimed.clone(), Some(signer.clone()), reason);
+    if signer != head.from {
+        return Err(refuse(format!(
+            "sealed by {signer}, but claims to be from {}",
+            head.from
+        )));
+    }
+    if head.to != keys.name {
+        return Err(refuse(format!("sealed for {}, not for this node", head.to)));
+    }
+    let now = identity::now_ms();
+    if !fresh(head.sent_ms, now) {
+        return Err(refuse(
+            "a stale call (sealed outside the allowed clock skew)".into(),
+        ));
+    }
+    let call_keys = hex::decode(&head.eph)
+        .ok()
+        .and_then(|e| <[u8; 32]>::try_from(e).ok())
+        .and_then(|eph| confidential::callee_keys(&keys.kx, &eph, &head.nonce))
+        .ok_or_else(|| refuse("the call carries no usable key".into()))?;
+    let body = call_keys
+        .open_request(env.payload)
+        .ok_or_else(|| refuse("the body is not encrypted to this node".into()))?;
+    lock(&keys.seen)
+        .first_time(&head.nonce, head.sent_ms, now)
+        .map_err(|e| refuse(e.to_owned()))?;
+    Ok((head, body, call_keys))
 }

@@ -1,6 +1,7 @@
 //! The mesh's certificates: one CA per trust domain (`edgewise mesh ca init`) and one certificate
 //! per node signed by it (`edgewise mesh cert issue`). Holding a certificate of the domain's CA is
-//! what membership means; the certificate's common name is the node's name.
+//! what membership means; the certificate names the node (its DNS subject alternative name, which
+//! `identity` checks, and its common name), and every certificate expires.
 
 use std::path::{Path, PathBuf};
 
@@ -87,10 +88,31 @@ pub fn init_ca(dir: &Path, domain: &str) -> Result<PathBuf, MeshError> {
     Ok(cert_path)
 }
 
-/// Signs a certificate for `node` with the CA in `ca_dir` and writes `ca.pem`, `node.pem` and
-/// `node.key` into `out`: the directory that node uses as `mesh.tls_dir`.
+/// How long a node certificate is valid unless `--days` says otherwise.
+pub const DEFAULT_CERT_DAYS: u32 = 365;
+/// The longest validity `--days` may ask for (ten years).
+pub const MAX_CERT_DAYS: u32 = 3650;
+
+/// [`issue_for_days`] with [`DEFAULT_CERT_DAYS`].
 pub fn issue(ca_dir: &Path, node: &str, out: &Path) -> Result<NodeTls, MeshError> {
+    issue_for_days(ca_dir, node, out, DEFAULT_CERT_DAYS)
+}
+
+/// Signs a certificate for `node`, valid for `days` from now, with the CA in `ca_dir` and writes
+/// `ca.pem`, `node.pem` and `node.key` into `out`: the directory that node uses as
+/// `mesh.tls_dir`. A certificate that never expires cannot be retired, so every one does.
+pub fn issue_for_days(
+    ca_dir: &Path,
+    node: &str,
+    out: &Path,
+    days: u32,
+) -> Result<NodeTls, MeshError> {
     crate::check_node_name(node)?;
+    if !(1..=MAX_CERT_DAYS).contains(&days) {
+        return Err(MeshError::Pki(format!(
+            "--days {days}: a node certificate is valid for 1 to {MAX_CERT_DAYS} days"
+        )));
+    }
     let (ca_cert_path, ca_key_path) = (ca_dir.join(CA_CERT), ca_dir.join(CA_KEY));
     let ca_pem = std::fs::read_to_string(&ca_cert_path).map_err(|e| {
         MeshError::Pki(format!(
@@ -105,6 +127,10 @@ pub fn issue(ca_dir: &Path, node: &str, out: &Path) -> Result<NodeTls, MeshError
     let key = KeyPair::generate().map_err(pki)?;
     let mut params = CertificateParams::new(vec![node.to_owned()]).map_err(pki)?;
     params.distinguished_name.push(DnType::CommonName, node);
+    // An hour back: a member whose clock is a little behind still accepts it at once.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,

@@ -1,81 +1,85 @@
 //! Bytes on the wire for calls between nodes: a request is one query payload, a response is a
-//! head reply followed by body replies, in order, ending when the query completes.
+//! head reply followed by body replies, in order, ending when the query completes. Every one of
+//! them is sealed by its sender ([`crate::identity`]); what is checked against what is the
+//! business of the caller and the callee in `lib.rs`.
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{self, Envelope, Kind, Signer};
 use crate::MeshError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestHead {
-    /// The calling node, as it names itself (a member of the trust domain: its link is mTLS).
+    /// The calling node; the callee takes it only from the certificate that sealed the call.
     pub from: String,
+    /// The called node: a call sealed for another node is not run.
+    pub to: String,
     /// HTTP method of the API the call runs.
-    #[serde(default = "post")]
     pub method: String,
     /// HTTP path of the API the call runs, e.g. `/v1/chat/completions`.
     pub path: String,
+    /// Random, hex: each call runs once (replays are refused), and every reply names it.
+    pub nonce: String,
+    /// When the caller sealed it (Unix ms): calls older than the allowed skew are refused.
+    pub sent_ms: u64,
+    /// The caller's ephemeral X25519 public key, hex: the body is encrypted to the called node
+    /// (`confidential`).
+    pub eph: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseHead {
     pub status: u16,
     pub content_type: String,
+    /// The nonce of the call this answers.
+    pub nonce: String,
 }
 
-fn post() -> String {
-    "POST".into()
+/// The head and the (encrypted) body, signed.
+pub fn seal_request(signer: &Signer, head: &RequestHead, body: &[u8]) -> Vec<u8> {
+    let head = serde_json::to_vec(head).unwrap_or_default();
+    signer.seal(Kind::Call, &head, body)
 }
 
-const HEAD: u8 = b'H';
-const BODY: u8 = b'B';
-
-/// Head as one JSON line, then the body's bytes.
-pub fn encode_request(head: &RequestHead, body: &[u8]) -> Vec<u8> {
-    let mut out = serde_json::to_vec(head).unwrap_or_default();
-    out.push(b'\n');
-    out.extend_from_slice(body);
-    out
-}
-
-pub fn decode_request(bytes: &[u8]) -> Result<(RequestHead, &[u8]), MeshError> {
-    let split = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| MeshError::Protocol("call without a head line".into()))?;
-    let head = serde_json::from_slice(&bytes[..split])
+/// A call's envelope and head, not yet verified.
+pub fn open_request(bytes: &[u8]) -> Result<(Envelope<'_>, RequestHead), MeshError> {
+    let env = identity::open(bytes, Kind::Call).map_err(MeshError::Protocol)?;
+    let head = serde_json::from_slice(env.signed)
         .map_err(|e| MeshError::Protocol(format!("call head: {e}")))?;
-    Ok((head, &bytes[split + 1..]))
+    Ok((env, head))
 }
 
-pub fn encode_head(head: &ResponseHead) -> Vec<u8> {
-    let mut out = vec![HEAD];
-    out.extend(serde_json::to_vec(head).unwrap_or_default());
+pub fn seal_head(signer: &Signer, head: &ResponseHead) -> Vec<u8> {
+    let head = serde_json::to_vec(head).unwrap_or_default();
+    signer.seal(Kind::ReplyHead, &head, &[])
+}
+
+/// A body chunk, encrypted with the answer key of its call (which authenticates it).
+const CHUNK: u8 = b'C';
+
+pub fn chunk_frame(encrypted: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encrypted.len() + 1);
+    out.push(CHUNK);
+    out.extend(encrypted);
     out
 }
 
-pub fn encode_body(chunk: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunk.len() + 1);
-    out.push(BODY);
-    out.extend_from_slice(chunk);
-    out
-}
-
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Frame<'a> {
-    Head(ResponseHead),
+    Head(ResponseHead, Envelope<'a>),
+    /// Still encrypted.
     Body(&'a [u8]),
 }
 
-pub fn decode_reply(bytes: &[u8]) -> Result<Frame<'_>, MeshError> {
-    match bytes.split_first() {
-        Some((&HEAD, rest)) => serde_json::from_slice(rest)
-            .map(Frame::Head)
-            .map_err(|e| MeshError::Protocol(format!("response head: {e}"))),
-        Some((&BODY, rest)) => Ok(Frame::Body(rest)),
-        _ => Err(MeshError::Protocol(
-            "reply is neither a head nor a body".into(),
-        )),
+/// A reply's frame, not yet verified.
+pub fn open_reply(bytes: &[u8]) -> Result<Frame<'_>, MeshError> {
+    if let Some((&CHUNK, rest)) = bytes.split_first() {
+        return Ok(Frame::Body(rest));
     }
+    let env = identity::open(bytes, Kind::ReplyHead).map_err(MeshError::Protocol)?;
+    let head = serde_json::from_slice(env.signed)
+        .map_err(|e| MeshError::Protocol(format!("response head: {e}")))?;
+    Ok(Frame::Head(head, env))
 }
 
 #[cfg(test)]
@@ -84,30 +88,40 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::init_ca(&dir.path().join("ca"), "plant").unwrap();
+        let tls = crate::issue(&dir.path().join("ca"), "a", &dir.path().join("a")).unwrap();
+        let signer = Signer::load(&tls).unwrap();
         let head = RequestHead {
             from: "a".into(),
+            to: "b".into(),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
+            nonce: "00ff".into(),
+            sent_ms: 1,
+            eph: "11".into(),
         };
-        let bytes = encode_request(&head, b"{\"x\":\n1}");
-        let (back, body) = decode_request(&bytes).unwrap();
+        let bytes = seal_request(&signer, &head, b"{\"x\":\n1}");
+        let (env, back) = open_request(&bytes).unwrap();
         assert_eq!(back, head);
-        assert_eq!(body, b"{\"x\":\n1}");
+        assert_eq!(env.payload, b"{\"x\":\n1}");
         let rh = ResponseHead {
             status: 200,
             content_type: "text/event-stream".into(),
+            nonce: "00ff".into(),
         };
-        assert_eq!(decode_reply(&encode_head(&rh)).unwrap(), Frame::Head(rh));
-        assert_eq!(
-            decode_reply(&encode_body(b"data: x")).unwrap(),
-            Frame::Body(b"data: x")
-        );
-        assert!(decode_request(b"no newline").is_err());
-        // Callers from before methods were carried meant POST.
-        let (old, _) = decode_request(b"{\"from\":\"a\",\"path\":\"/v1/completions\"}\n").unwrap();
-        assert_eq!(old.method, "POST");
-        assert!(decode_reply(b"").is_err());
-        assert!(decode_reply(b"Xjunk").is_err());
-        assert!(decode_reply(b"Hnot json").is_err());
+        match open_reply(&seal_head(&signer, &rh)).unwrap() {
+            Frame::Head(h, _) => assert_eq!(h, rh),
+            other => panic!("{other:?}"),
+        }
+        match open_reply(&chunk_frame(b"sealed".to_vec())).unwrap() {
+            Frame::Body(b) => assert_eq!(b, b"sealed"),
+            other => panic!("{other:?}"),
+        }
+        assert!(open_request(b"no envelope").is_err());
+        assert!(open_request(&bytes[..20]).is_err());
+        assert!(open_reply(b"").is_err());
+        assert!(open_reply(b"EW1Xjunk").is_err());
+        assert!(open_reply(&signer.seal(Kind::ReplyHead, b"not json", &[])).is_err());
     }
 }

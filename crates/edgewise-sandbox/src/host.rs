@@ -106,7 +106,7 @@ pub enum Bucket {
 }
 
 /// Bucket identifiers with this prefix name a shared CRDT document instead of a private namespace.
-pub const DOCUMENT_BUCKET_PREFIX: &str = "doc:";
+pub const DOCUMENT_BUCKET_PREFIX: &str = edgewise_core::grants::DOCUMENT_BUCKET_PREFIX;
 
 impl Bucket {
     fn for_identifier(component: &str, identifier: &str) -> Bucket {

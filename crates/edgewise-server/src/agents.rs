@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use edgewise_agent::triggers::triggers;
-use edgewise_agent::{choose_model, new_run_id, Agent, AgentHost, RunOptions, StepEvent};
+use edgewise_agent::{
+    choose_model, new_run_id, placed_model, Agent, AgentHost, RunOptions, StepEvent,
+};
 use edgewise_core::AgentSpec;
 use edgewise_infer::Engine;
 use serde::Deserialize;
@@ -44,6 +47,8 @@ pub struct AgentHub {
     pub(crate) component_services: Arc<dyn edgewise_sandbox::HostServices>,
     /// Set once the node has joined its mesh: where runs of agents placed on the mesh go.
     pub(crate) mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
+    /// Runs neighbours placed here that `mesh.accept_runs` refused (`/metrics`).
+    pub(crate) placed_runs_refused: AtomicU64,
 }
 
 pub(crate) struct Registered {
@@ -78,8 +83,8 @@ impl Drop for Registered {
 struct Active {
     agent: String,
     cancel: CancellationToken,
-    /// A neighbour placed this run here: only it may cancel the run through the mesh.
-    placed: bool,
+    /// The neighbour that placed this run here: only it may cancel the run through the mesh.
+    placed_by: Option<String>,
 }
 
 /// A run's place in `AgentHub::active`, given back on drop.
@@ -128,6 +133,7 @@ impl AgentHub {
             agents: RwLock::default(),
             active: Mutex::default(),
             mesh: std::sync::OnceLock::new(),
+            placed_runs_refused: AtomicU64::new(0),
         });
         for (id, bytes) in hub.host.kv.list(REGISTRY)? {
             let stored: StoredSpec = match serde_json::from_slice(&bytes) {
@@ -137,9 +143,10 @@ impl AgentHub {
                     continue;
                 }
             };
-            let registered = match hub.build(&stored.source, stored.base_dir, true).await {
+            let registered = match hub.build(&stored.source, stored.base_dir, None).await {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
+                    let e = ApiError::from(e);
                     tracing::warn!(agent = %id, "stored agent not loaded: {}", e.message);
                     continue;
                 }
@@ -188,7 +195,7 @@ impl AgentHub {
                 let (Some(msg), Some(reg)) = (msg, weak.upgrade()) else {
                     break;
                 };
-                match hub.spawn_run(reg, msg.task(), None, None) {
+                match hub.spawn_run(reg, msg.task(), None, None, None) {
                     Ok((_, mut events)) => while events.recv().await.is_some() {},
                     Err(e) => {
                         tracing::warn!(agent = %weak_id, "trigger message dropped: {}", e.message)
@@ -201,16 +208,18 @@ impl AgentHub {
 
     /// Starts a run as a node task (here or on the mesh); its steps arrive on the returned
     /// channel, which closes when the run has ended (whether or not anyone listens). `run` is
-    /// the id of a run a neighbour placed here; `None` makes a new one. Refused with 429 when the
-    /// node or the agent already has `limits` runs in flight.
+    /// the id of a run the neighbour `placed_by` placed here; `None` makes a new one. Refused
+    /// with 429 when the node or the agent already has `limits` runs in flight, or the placing
+    /// neighbour `mesh.accept_runs.limits.max_concurrent_per_node`; with 409 when the run id is in
+    /// flight, or (placed) when this node has a record of that run of the agent.
     fn spawn_run(
         self: &Arc<Self>,
         reg: Arc<Registered>,
         task: String,
         seed: Option<u32>,
         run: Option<String>,
+        placed_by: Option<String>,
     ) -> Result<(String, tokio::sync::mpsc::UnboundedReceiver<StepEvent>), ApiError> {
-        let placed = run.is_some();
         let run = run.unwrap_or_else(new_run_id);
         let cancel = CancellationToken::new();
         let agent = reg.spec.agent_id.clone();
@@ -231,6 +240,10 @@ impl AgentHub {
             } else {
                 None
             };
+            let full = full.or_else(|| {
+                let from = placed_by.as_deref()?;
+                self.placed_admission(&active, from).err()
+            });
             if let Some(why) = full {
                 return Err(ApiError {
                     status: StatusCode::TOO_MANY_REQUESTS,
@@ -241,16 +254,27 @@ impl AgentHub {
                 });
             }
             if active.contains_key(&run) {
-                return Err(ApiError::bad_request(format!(
-                    "run '{run}' is already in flight here"
+                return Err(run_conflict(format!(
+                    "run '{run}' is already in flight here (place it under a new run id)"
                 )));
+            }
+            // A run id a neighbour chose must not overwrite a record of this node's: checked
+            // under the lock, so a run of the same id cannot start in between.
+            if placed_by.is_some() {
+                match self.host.check_new_run(&agent, &run) {
+                    Ok(()) => {}
+                    Err(e @ edgewise_agent::AgentError::RunExists { .. }) => {
+                        return Err(run_conflict(e.to_string()))
+                    }
+                    Err(e) => return Err(ApiError::internal(format!("run store: {e}"))),
+                }
             }
             active.insert(
                 run.clone(),
                 Active {
                     agent: agent.clone(),
                     cancel: cancel.clone(),
-                    placed,
+                    placed_by,
                 },
             );
         }
@@ -282,25 +306,99 @@ impl AgentHub {
         Ok((run, rx))
     }
 
-    /// Runs a spec a neighbour placed here, under the neighbour's run id. Only for agents whose
-    /// model this node serves; relative paths in the spec resolve against the agents directory.
+    /// Runs a spec the neighbour `from` placed here, under the neighbour's run id. Only for agents
+    /// whose model this node serves. The spec is held to this node's `mesh.accept_runs` (never its
+    /// `agent_policy`); beyond them it is refused 403 with every reason, counted and audited, and
+    /// nothing of it starts.
     pub(crate) async fn run_placed(
         self: &Arc<Self>,
+        from: &str,
         source: &str,
         task: String,
         seed: Option<u32>,
         run: String,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<StepEvent>, ApiError> {
-        let reg = self
-            .build(source, self.default_base_dir.clone(), false)
-            .await?;
-        Ok(self.spawn_run(Arc::new(reg), task, seed, Some(run))?.1)
+        // Before the spec is read: a node that may not place runs here learns nothing more.
+        if let Some(mesh) = &self.host.config.mesh {
+            if let Err(refusal) = mesh.accept_runs.check_caller(from) {
+                return Err(self.refuse_placed(from, "", &run, &refusal));
+            }
+        }
+        let dir = self.host.placed_spec_dir();
+        let placement = Placement { from, run: &run };
+        let reg = match self.build(source, dir, Some(placement)).await {
+            Ok(reg) => reg,
+            Err(BuildError::PlacedRefused { agent, refusal }) => {
+                return Err(self.refuse_placed(from, &agent, &run, &refusal))
+            }
+            Err(BuildError::Api(e)) => return Err(e),
+        };
+        let from = Some(from.to_owned());
+        Ok(self
+            .spawn_run(Arc::new(reg), task, seed, Some(run), from)?
+            .1)
     }
 
-    /// Cancels a run a neighbour placed here; `false` when there is no such run in flight
-    /// (it ended, or it was started on this node, which a neighbour may not cancel).
-    pub(crate) fn cancel_placed(&self, run: &str) -> bool {
-        match self.active().get(run).filter(|a| a.placed) {
+    /// Counts and audits a placed run `mesh.accept_runs` refused; the 403 that says why. The
+    /// audit record keeps what the caller is not told (e.g. which key refused the node).
+    fn refuse_placed(
+        &self,
+        from: &str,
+        agent: &str,
+        run: &str,
+        refusal: &edgewise_core::PlacedRefusal,
+    ) -> ApiError {
+        // Saturating: a neighbour that keeps being refused cannot wrap the counter back to 0.
+        let _ = self
+            .placed_runs_refused
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            });
+        let detail = refusal.audit_detail();
+        tracing::warn!(
+            from = %from,
+            agent = %agent,
+            run = %run,
+            reasons = %detail,
+            "placed run refused"
+        );
+        let audited = self.host.audit.append(&edgewise_store::AuditRecord {
+            kind: "placed_run_refused".into(),
+            node: self.host.config.node_name(),
+            agent: agent.to_owned(),
+            run: run.to_owned(),
+            placed_by: Some(from.to_owned()),
+            decision: "refused".into(),
+            detail: Some(format!("placed by {from}: {detail}")),
+            ..Default::default()
+        });
+        if let Err(e) = audited {
+            return ApiError::internal(format!("audit log: {e}"));
+        }
+        placed_refusal(refusal)
+    }
+
+    /// Whether the neighbour `from` may start one more run here, given the runs in flight.
+    fn placed_admission(&self, active: &HashMap<String, Active>, from: &str) -> Result<(), String> {
+        let in_flight = active
+            .values()
+            .filter(|a| a.placed_by.as_deref() == Some(from))
+            .count();
+        match &self.host.config.mesh {
+            Some(mesh) => mesh.accept_runs.admit(from, in_flight),
+            None => edgewise_core::AcceptRuns::default().admit(from, in_flight),
+        }
+    }
+
+    /// Cancels a run the neighbour `from` placed here; `false` when there is no such run in
+    /// flight (it ended, another node placed it, or it was started on this node, which a
+    /// neighbour may not cancel).
+    pub(crate) fn cancel_placed(&self, run: &str, from: &str) -> bool {
+        match self
+            .active()
+            .get(run)
+            .filter(|a| a.placed_by.as_deref() == Some(from))
+        {
             Some(a) => {
                 a.cancel.cancel();
                 true
@@ -321,29 +419,64 @@ impl AgentHub {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads `source`. An agent whose model this node does not serve is placed on the mesh when
-    /// `on_mesh` and the node is in one; otherwise it is refused with what to do.
+    /// Loads `source`: this node's own spec, or one the neighbour `placed_by` placed here. An
+    /// agent of this node whose model it does not serve is placed on the mesh when the node is in
+    /// one; otherwise (and always for a placed spec) it is refused with what to do.
     async fn build(
         &self,
         source: &str,
         base_dir: PathBuf,
-        on_mesh: bool,
-    ) -> Result<Registered, ApiError> {
+        placed: Option<Placement<'_>>,
+    ) -> Result<Registered, BuildError> {
+        // A placed run runs here or nowhere: calls arriving through the mesh never go on.
+        let on_mesh = placed.is_none();
         let spec = AgentSpec::parse(source, std::path::Path::new("spec"))
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        let choice = choose_model(&spec, &self.host.config, None, |n| {
-            self.catalog.iter().any(|c| c == n)
-        })
-        .map_err(ApiError::unprocessable)?;
         let served = &self.engine.info().name;
+        let is_model = |n: &str| self.catalog.iter().any(|c| c == n);
+        let (spec, choice) = match &placed {
+            None => {
+                let choice = choose_model(&spec, &self.host.config, None, is_model)
+                    .map_err(ApiError::unprocessable)?;
+                (spec, choice)
+            }
+            // `mesh.accept_runs` first: nothing is looked up for a spec this node refuses.
+            Some(Placement { from, run }) => {
+                let agent = spec.agent_id.clone();
+                let spec = self.host.placed_spec(spec, from).map_err(|e| match e {
+                    edgewise_agent::AgentError::PlacedRefused(refusal) => {
+                        BuildError::PlacedRefused { agent, refusal }
+                    }
+                    e => ApiError::unprocessable(e.to_string()).into(),
+                })?;
+                // Before any tool is built (`spawn_run` checks again, under its lock).
+                self.host
+                    .check_new_run(&spec.agent_id, run)
+                    .map_err(|e| match e {
+                        e @ edgewise_agent::AgentError::RunExists { .. } => {
+                            run_conflict(e.to_string())
+                        }
+                        e => ApiError::internal(format!("run store: {e}")),
+                    })?;
+                let choice = placed_model(&spec, &self.host.config, |n| {
+                    n == served.as_str() || is_model(n)
+                })
+                .map_err(ApiError::unprocessable)?;
+                (spec, choice)
+            }
+        };
         let here = &choice.model == served;
         if !here && !(on_mesh && self.host.config.mesh.is_some()) {
             return Err(ApiError::unprocessable(format!(
                 "agent '{}' needs model '{}', but this node serves '{served}' (start the node with `edgewise serve --model {}`, or join a mesh whose nodes serve it)",
                 spec.agent_id, choice.model, choice.model
-            )));
+            ))
+            .into());
         }
-        let tools = self.host.tools(&spec, &base_dir).await;
+        let tools = match &placed {
+            None => self.host.tools(&spec, &base_dir).await,
+            Some(p) => self.host.placed_tools(&spec, p.from).await,
+        };
         let (tool_names, run_on) = match tools {
             Ok(tools) => {
                 let names = tools.0.specs().iter().map(|t| t.name.clone()).collect();
@@ -359,9 +492,15 @@ impl AgentHub {
             }
             // Beyond the node's policy: refused wherever it would run.
             Err(e @ edgewise_agent::AgentError::Policy(_)) => {
-                return Err(ApiError::unprocessable(e.to_string()))
+                return Err(ApiError::unprocessable(e.to_string()).into())
             }
-            Err(e) if here => return Err(ApiError::unprocessable(e.to_string())),
+            Err(edgewise_agent::AgentError::PlacedRefused(refusal)) => {
+                return Err(BuildError::PlacedRefused {
+                    agent: spec.agent_id.clone(),
+                    refusal,
+                })
+            }
+            Err(e) if here => return Err(ApiError::unprocessable(e.to_string()).into()),
             // The nodes that run it need its tools (placement asks for its components); only
             // the cloud fallback, which calls tools here, needs them on this node.
             Err(e) => {
@@ -399,6 +538,65 @@ impl AgentHub {
         while !self.active().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A run a neighbour places here: the calling node and the run id it chose.
+struct Placement<'a> {
+    from: &'a str,
+    run: &'a str,
+}
+
+/// Why `AgentHub::build` made no registration.
+enum BuildError {
+    /// A neighbour's placed run beyond this node's `mesh.accept_runs`.
+    PlacedRefused {
+        agent: String,
+        refusal: edgewise_core::PlacedRefusal,
+    },
+    Api(ApiError),
+}
+
+impl From<ApiError> for BuildError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<BuildError> for ApiError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::PlacedRefused { refusal, .. } => placed_refusal(&refusal),
+            BuildError::Api(e) => e,
+        }
+    }
+}
+
+/// The 403 a neighbour gets for a run beyond `mesh.accept_runs`: a node that may not place runs
+/// here is told only that; a spec beyond it, every reason, each naming the key of this node's
+/// config that would accept it (never what this node's lists hold). The placing node tries its
+/// next node and does not count the refusal against this one's breaker.
+fn placed_refusal(refusal: &edgewise_core::PlacedRefusal) -> ApiError {
+    let message = match refusal {
+        edgewise_core::PlacedRefusal::Caller { .. } => format!("placed run refused: {refusal}"),
+        edgewise_core::PlacedRefusal::Spec(reasons) => format!(
+            "placed run refused by this node's mesh.accept_runs: {} (the operator of this node widens mesh.accept_runs in its config.yaml to accept it)",
+            reasons.join("; ")
+        ),
+    };
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: Some("placed_run_refused"),
+        ..ApiError::bad_request(message)
+    }
+}
+
+/// The 409 for a run id that is taken (in flight, or recorded on this node).
+fn run_conflict(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: Some("run_exists"),
+        ..ApiError::bad_request(message)
     }
 }
 
@@ -466,7 +664,7 @@ pub async fn register(
         ))
         .param("base_dir"));
     }
-    let registered = Arc::new(hub.build(&source, base_dir.clone(), true).await?);
+    let registered = Arc::new(hub.build(&source, base_dir.clone(), None).await?);
     hub.start_triggers(&registered).await?;
     let id = registered.spec.agent_id.clone();
     hub.host
@@ -564,7 +762,7 @@ pub async fn start_run(
     if body.task.trim().is_empty() {
         return Err(ApiError::bad_request("the task is empty").param("task"));
     }
-    let (run, rx) = hub.spawn_run(r, body.task, body.seed, None)?;
+    let (run, rx) = hub.spawn_run(r, body.task, body.seed, None, None)?;
 
     if body.stream {
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);

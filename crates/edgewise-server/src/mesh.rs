@@ -52,6 +52,63 @@ pub struct MeshMetrics {
     /// Times a neighbour's breaker opened.
     pub breaker_trips: AtomicU64,
     pub calls_served: AtomicU64,
+    /// Mesh messages dropped because they claimed a node that did not seal them.
+    pub forged: AtomicU64,
+}
+
+/// Forged messages written to the audit log per minute at most; beyond it they are counted only,
+/// so a member flooding forgeries cannot grow the log without bound.
+const FORGED_AUDITS_PER_MINUTE: u32 = 60;
+
+/// What this node does with a forged mesh message: count it, and write it to the audit log as a
+/// security event (`mesh_forged`, agent `mesh`) naming the key it came on, the node it claimed
+/// and the member whose certificate sealed it.
+pub fn forged_reporter(
+    metrics: Arc<MeshMetrics>,
+    audit: Option<Arc<edgewise_store::AuditLog>>,
+    node: String,
+) -> edgewise_mesh::ForgedReporter {
+    let window = std::sync::Mutex::new((Instant::now(), 0u32));
+    Arc::new(move |forged: edgewise_mesh::Forged| {
+        let _ = metrics
+            .forged
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            });
+        let Some(audit) = &audit else { return };
+        {
+            let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
+            if w.0.elapsed() >= Duration::from_secs(60) {
+                *w = (Instant::now(), 0);
+            }
+            if w.1 >= FORGED_AUDITS_PER_MINUTE {
+                return;
+            }
+            w.1 += 1;
+        }
+        let record = edgewise_store::AuditRecord {
+            kind: "mesh_forged".into(),
+            node: node.clone(),
+            agent: "mesh".into(),
+            run: String::new(),
+            decision: "dropped".into(),
+            detail: Some(format!(
+                "forged {} on {} claiming {}, sealed by {}: {}",
+                forged.what,
+                forged.key,
+                forged.claimed,
+                forged
+                    .sealed_by
+                    .as_deref()
+                    .unwrap_or("no valid certificate"),
+                forged.reason
+            )),
+            ..Default::default()
+        };
+        if let Err(e) = audit.append(&record) {
+            tracing::error!(error = %e, "cannot audit a forged mesh message");
+        }
+    })
 }
 
 /// Consecutive failed offloads to one neighbour that open its breaker.
@@ -84,6 +141,13 @@ impl Breakers {
             .into()
     }
 }
+
+/// The node a mesh call came from, for the handlers that scope what it may do (placed runs).
+/// Only `LocalCalls` sets it, from the call's head: the public HTTP router serves no route that
+/// reads it, and no header can forge it. The mesh runs a call only when the certificate that
+/// sealed it names this node (`edgewise_mesh::identity`), so the name is authenticated.
+#[derive(Debug, Clone)]
+pub(crate) struct MeshCaller(pub(crate) String);
 
 /// Runs calls from other nodes through this node's own handlers, without the API key layer
 /// (the link is mTLS within the trust domain) and without offload (so calls never loop).
@@ -201,6 +265,7 @@ impl CallHandler for LocalCalls {
             .method(method)
             .uri(&request.path)
             .header(header::CONTENT_TYPE, "application/json")
+            .extension(MeshCaller(request.from))
             .body(Body::from(request.body));
         let response = match http {
             Ok(http) => match self.router.clone().oneshot(http).await {

@@ -9,6 +9,11 @@
 //! On the wire a placed run is one mesh call to [`PLACED_RUNS`]: the spec's YAML, the task and
 //! the run id in; NDJSON lines (`started`, `step`, `finished`) out. Cancelling the run on the
 //! placing node cancels it on the node running it too ([`PLACED_RUN`], `DELETE`).
+//!
+//! The running node holds a placed spec to its own `mesh.accept_runs` for the calling node, never
+//! to its `agent_policy`, and keeps the run's KV in `mesh:<caller>:<agent>`. A spec beyond them is
+//! answered 403 with every reason; the placing node then tries its next node without charging
+//! the refusing node's breaker, and a run no node accepts ends with those reasons.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -17,8 +22,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use edgewise_agent::{
     AgentError, RunOptions, RunOutcome, RunRecord, RunStatus, StepEvent, StepRecord,
 };
@@ -29,7 +35,7 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::agents::{AgentHub, Registered, RunOn};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshCaller};
 use crate::{ApiError, AppState};
 
 /// The mesh-only route that runs an agent placed here by a neighbour.
@@ -76,12 +82,20 @@ fn check_run_id(run: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/mesh/agent-runs` (through the mesh only): runs the spec here and streams its steps.
+/// `POST /v1/mesh/agent-runs` (through the mesh only): runs the spec here, under this node's
+/// `mesh.accept_runs` for the calling node, and streams its steps. A spec beyond them is answered
+/// 403 with every reason (see `AgentHub::run_placed`).
 pub(crate) async fn serve_placed_run(
     State(state): State<AppState>,
+    Extension(MeshCaller(from)): Extension<MeshCaller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let hub = crate::agents::hub(&state)?;
+    // The name scopes the run's KV (`mesh:<from>:<agent>`): it must be a plain node name.
+    edgewise_mesh::check_node_name(&from).map_err(|e| ApiError {
+        status: StatusCode::FORBIDDEN,
+        ..ApiError::bad_request(format!("placed run refused: {e}"))
+    })?;
     let placed: PlacedRun = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected {{\"spec\": YAML, \"task\": \"...\", \"run\": ID, \"seed\": N}}: {e}"
@@ -89,7 +103,7 @@ pub(crate) async fn serve_placed_run(
     })?;
     check_run_id(&placed.run)?;
     let events = hub
-        .run_placed(&placed.spec, placed.task, placed.seed, placed.run)
+        .run_placed(&from, &placed.spec, placed.task, placed.seed, placed.run)
         .await?;
     let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(events).map(|ev| {
         let line = match ev {
@@ -109,16 +123,17 @@ pub(crate) async fn serve_placed_run(
     Ok(response)
 }
 
-/// `DELETE /v1/mesh/agent-runs/{run}` (through the mesh only): cancels a run a neighbour placed
-/// here. It ends `cancelled` here too, and its answer stream ends with that outcome.
+/// `DELETE /v1/mesh/agent-runs/{run}` (through the mesh only): cancels a run the calling node
+/// placed here. It ends `cancelled` here too, and its answer stream ends with that outcome.
 pub(crate) async fn cancel_placed_run(
     State(state): State<AppState>,
+    Extension(MeshCaller(from)): Extension<MeshCaller>,
     axum::extract::Path(run): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let hub = crate::agents::hub(&state)?;
-    if !hub.cancel_placed(&run) {
+    if !hub.cancel_placed(&run, &from) {
         return Err(ApiError::not_found(format!(
-            "no run '{run}' placed here is in flight"
+            "no run '{run}' that {from} placed here is in flight"
         )));
     }
     Ok(crate::agents::cancelling(&run))
@@ -141,7 +156,9 @@ async fn cancel_on(mesh: &Mesh, node: &str, run: &str) -> String {
 
 /// Why one attempt gave no outcome.
 enum Failed {
-    /// The node answered, but not with a run (it refused the spec, or was busy): it is healthy.
+    /// The node answered, but not with a run (it refused the spec, e.g. 403 beyond its
+    /// `mesh.accept_runs`, or was busy): it is healthy, so its breaker is not charged, and the
+    /// next node is tried. The message (every reason the node gave) ends up in the outcome.
     Refused(String),
     /// No answer, or it broke off: counts against the node's breaker.
     Broken(String),
@@ -199,6 +216,8 @@ async fn placed_run(
         summaries: 0,
         cached: false,
         steps: Vec::new(),
+        // This node's own agent; where it runs is in the steps' `node`.
+        placed_by: None,
     };
     audit(AuditRecord {
         kind: "run_start".into(),

@@ -147,6 +147,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "Calls from neighbours this node ran.",
             mesh.metrics.calls_served.load(Relaxed) as f64,
         );
+        metric(
+            "edgewise_mesh_forged_messages_total",
+            "counter",
+            "Mesh messages (adverts, calls, replies) dropped: not sealed by the node they claimed.",
+            mesh.metrics.forged.load(Relaxed) as f64,
+        );
+        metric(
+            "edgewise_mesh_placed_runs_refused_total",
+            "counter",
+            "Agent runs neighbours placed here that mesh.accept_runs refused.",
+            state
+                .agents
+                .as_ref()
+                .map_or(0, |hub| hub.placed_runs_refused.load(Relaxed)) as f64,
+        );
     }
     let _ = writeln!(out, "# HELP edgewise_http_requests_total HTTP requests by route and status.\n# TYPE edgewise_http_requests_total counter");
     if let Ok(m) = state.metrics.requests.lock() {

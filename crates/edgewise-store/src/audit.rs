@@ -27,6 +27,10 @@ pub struct AuditRecord {
     pub node: String,
     pub agent: String,
     pub run: String,
+    /// The neighbour that placed the run on this node, if one did: tells its records apart from
+    /// those of this node's own agent of the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -285,6 +285,9 @@ pub fn audit(node: &Node, cmd: AuditCommand) -> Result<()> {
                     "#{} {} {} {}/{} {}",
                     e.seq, e.time, r.node, r.agent, r.run, r.kind
                 );
+                if let Some(p) = &r.placed_by {
+                    line.push_str(&format!(" placed_by={p}"));
+                }
                 if let Some(s) = r.step {
                     line.push_str(&format!(" step={s}"));
                 }

@@ -228,6 +228,13 @@ fn serve(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Mesh security events go to the agents' audit log (or, without agents, to the same file).
+    let audit = match &host {
+        Some(h) => Some(h.audit.clone()),
+        None => Some(Arc::new(edgewise_store::AuditLog::open(
+            &node.data.audit_log(),
+        )?)),
+    };
     if let Some(host) = host {
         let syncer = sync::syncer(node, host.kv.clone(), host.knowledge.clone())?.map(Arc::new);
         if let Some(s) = syncer.clone().filter(|s| s.config().interval_s > 0) {
@@ -253,7 +260,12 @@ fn serve(
         let metrics = Arc::new(edgewise_server::mesh::MeshMetrics::default());
         let handler = edgewise_server::mesh::call_handler(&state, &cfg.share, metrics.clone());
         let advert = mesh::advert_source(node, &cfg, state_engine.clone(), embedding_model.clone());
-        let member = rt.block_on(mesh::join(node, &cfg, advert, handler))?;
+        let forged = edgewise_server::mesh::forged_reporter(
+            metrics.clone(),
+            audit.clone(),
+            node.config.node_name(),
+        );
+        let member = rt.block_on(mesh::join(node, &cfg, advert, handler, forged))?;
         state = state.with_mesh(member, metrics);
         let _runtime = rt.enter();
         edgewise_server::mesh::spawn_share_sync(&state, cfg.share.clone());

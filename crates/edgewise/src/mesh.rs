@@ -59,6 +59,9 @@ pub enum CertCommand {
         /// node reads them from <its home>/mesh or mesh.tls_dir.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Days the certificate is valid (1–3650); nodes warn 30 days before it ends.
+        #[arg(long, default_value_t = edgewise_mesh::DEFAULT_CERT_DAYS)]
+        days: u32,
     },
 }
 
@@ -79,12 +82,13 @@ pub fn run(node: &Node, cmd: MeshCommand) -> Result<()> {
             node: name,
             ca,
             out,
+            days,
         }) => {
             let ca = ca.unwrap_or_else(ca_default);
             let out = out.unwrap_or_else(|| node.data.root().join("mesh-certs").join(&name));
-            let tls = edgewise_mesh::issue(&ca, &name, &out)?;
+            let tls = edgewise_mesh::issue_for_days(&ca, &name, &out, days)?;
             println!(
-                "certificate for '{name}' in {}: copy the directory to the node as <home>/mesh (or set mesh.tls_dir)",
+                "certificate for '{name}' (valid {days} days) in {}: copy the directory to the node as <home>/mesh (or set mesh.tls_dir)",
                 tls.cert.parent().unwrap_or(&out).display()
             );
             Ok(())
@@ -197,6 +201,8 @@ pub fn advert_source(
             } else {
                 0.0
             },
+            // The mesh fills in when it seals it and its key agreement key.
+            ..Advert::default()
         }
     })
 }
@@ -207,6 +213,7 @@ pub async fn join(
     cfg: &MeshConfig,
     advert: Arc<dyn Fn() -> Advert + Send + Sync>,
     handler: Arc<dyn edgewise_mesh::CallHandler>,
+    on_forged: edgewise_mesh::ForgedReporter,
 ) -> Result<MeshNode> {
     let dir = match &cfg.tls_dir {
         Some(d) if d.is_relative() => node.data.root().join(d),
@@ -214,9 +221,16 @@ pub async fn join(
         None => node.data.mesh_tls(),
     };
     let name = node.config.node_name();
-    let mesh = MeshNode::join(&name, cfg, &NodeTls::in_dir(&dir), advert, handler)
-        .await
-        .with_context(|| format!("cannot join the mesh as '{name}'"))?;
+    let mesh = MeshNode::join(
+        &name,
+        cfg,
+        &NodeTls::in_dir(&dir),
+        advert,
+        handler,
+        on_forged,
+    )
+    .await
+    .with_context(|| format!("cannot join the mesh as '{name}'"))?;
     eprintln!(
         "mesh: joined trust domain '{}' as '{name}' ({}), listening on {}",
         cfg.trust_domain,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{edgewise, home, http, text, Guard};
+use support::{edgewise, home, http, http_with, text, Guard};
 
 /// Namespaces of one test: a bridge and one namespace per node.
 struct Lan {
@@ -321,12 +321,42 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
         }
     }
 
-    for i in 0..nodes.len() {
+    for i in 0..4 {
         start(&lan, i, &mut nodes[i]);
     }
-    for i in 0..nodes.len() {
+    for i in 0..4 {
         wait_healthy(&lan, i);
     }
+    // e's own certificate does not chain to the CA it names: it does not start at all.
+    let mut e = Command::new("ip")
+        .args(["netns", "exec", &lan.nodes[4]])
+        .arg(env!("CARGO_BIN_EXE_edgewise"))
+        .args(["serve", "--no-embeddings", "--listen"])
+        .arg(format!("127.0.0.1:{PORT}"))
+        .env("EDGEWISE_HOME", nodes[4].home.path())
+        .env_remove("EDGEWISE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = e.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = e.kill();
+            panic!("node-e with a self-signed certificate kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut e.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("cannot join") && err.contains("not one of this trust domain's"),
+        "{err}"
+    );
 
     // Discovery: every plant node sees the other two, adverts included, within 2 s of the last
     // one serving.
@@ -463,8 +493,8 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
         "{head}"
     );
 
-    // Outsiders: d (foreign CA) and e (self-signed) have tried to link to a, b and c all along;
-    // nobody lets them in, so they see no one and nobody sees them.
+    // Outsiders: d (foreign CA) has tried to link to a, b and c all along; nobody lets it in, so
+    // it sees no one and nobody sees it (nor e, which never started).
     for i in 0..3 {
         let seen = mesh_of(&lan, i).to_string();
         assert!(
@@ -472,7 +502,7 @@ fn nodes_discover_each_other_offload_to_the_node_with_the_model_and_refuse_outsi
             "{seen}"
         );
     }
-    for i in 3..5 {
+    for i in 3..4 {
         assert!(alive_peers(&lan, i).is_empty(), "{}", mesh_of(&lan, i));
         let (status, _, body) = lan.inside(i, || {
             http(PORT, "POST", "/v1/chat/completions", &ask(false))
@@ -975,6 +1005,174 @@ fn cancelling_a_placed_run_stops_it_on_the_node_that_runs_it() {
         on_a.iter()
             .any(|r| r["kind"] == "run_end" && r["decision"] == "cancelled"),
         "{on_a:?}"
+    );
+}
+
+/// An MCP server command line that marks, in the data dir of the node that starts it, that it ran.
+const MARK_COMMAND: &str = "sh -c 'touch $EDGEWISE_HOME/mcp-started'";
+
+/// An agent for the Qwen model, placed on node-b with no retry, asking for what a neighbour's run
+/// gets only when the running node's `mesh.accept_runs` says so: a command, every file, a
+/// collection it does not share, egress.
+fn overreaching_agent(id: &str) -> String {
+    format!(
+        r#"agent_id: "{id}"
+version: "1"
+runtime:
+  type: native
+model_config:
+  path: qwen2.5-coder-0.5b-instruct
+capabilities:
+  - name: shell
+    endpoint: "mcp+stdio:{MARK_COMMAND}"
+  - name: everything
+    endpoint: "builtin:read_file"
+    root: /
+  - name: records
+    endpoint: "builtin:search_knowledge"
+    collection: patients
+workflow_policy:
+  fallback: "node-b"
+  max_retries: 0
+  egress_allowed: true
+"#
+    )
+}
+
+/// The value of counter `name` in node `i`'s `/metrics`.
+fn counter(lan: &Lan, i: usize, name: &str) -> f64 {
+    let (status, _, body) = lan.inside(i, || http(PORT, "GET", "/metrics", ""));
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {body}"))
+}
+
+#[test]
+fn a_placed_run_is_held_to_accept_runs_and_keeps_its_kv_in_the_placers_scope() {
+    let _one = ONE_LAN.lock().unwrap_or_else(|e| e.into_inner());
+    // a has only Gemma; b serves Qwen. Both let their own agents do all that "overreach" asks,
+    // so only b's mesh.accept_runs (the default) stands between a's spec and b's commands,
+    // files and network.
+    let lan = Lan::new(2);
+    let pki = tempfile::tempdir().unwrap();
+    let names = ["node-a", "node-b"];
+    let mut nodes = plant_nodes(&lan, pki.path(), &names, "qwen2.5-coder-0.5b-instruct", "");
+    configure(
+        nodes[0].home.path(),
+        names[0],
+        "gemma-3-270m",
+        &lan.addr(0),
+        &[lan.addr(1)],
+        "",
+    );
+    for node in &nodes {
+        let cfg = node.home.path().join("config.yaml");
+        let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+        yaml.push_str(&format!(
+            "agent_policy:\n  mcp_commands: [\"{MARK_COMMAND}\"]\n  file_roots: [/]\n  allow_egress: true\n"
+        ));
+        std::fs::write(&cfg, yaml).unwrap();
+    }
+    start_linked(&lan, &mut nodes, &names);
+    register(&lan, 0, &kv_agent("shift-keeper", "node-b", false));
+    // a's own policy accepts the spec: registering it starts the command on a (in a's home, its
+    // base_dir), which fails the MCP handshake; the control that the command runs wherever a
+    // policy lets it.
+    let body = serde_json::json!({
+        "spec": overreaching_agent("overreach"),
+        "base_dir": nodes[0].home.path(),
+    });
+    register(&lan, 0, &body.to_string());
+    assert!(
+        nodes[0].home.path().join("mcp-started").exists(),
+        "the command did not run on node-a, whose agent_policy lists it"
+    );
+
+    // Placed on b, refused there with every reason, as often as the breaker would need to open.
+    let task = r#"{"task": "Record the shift value.", "seed": 1, "stream": false}"#;
+    let mut last_run = String::new();
+    for _ in 0..3 {
+        let outcome = run_agent(&lan, 0, "overreach", task);
+        assert_eq!(outcome["status"], "failed", "{outcome}");
+        let error = outcome["error"].as_str().unwrap_or_default();
+        for reason in [
+            "node-b: refused (403): placed run refused by this node's mesh.accept_runs",
+            "capability 'shell' uses the scheme 'mcp+stdio', which mesh.accept_runs.policy.schemes does not list",
+            "capability 'everything' uses builtin:read_file, which mesh.accept_runs.builtins",
+            "mesh.accept_runs.policy.file_roots",
+            "capability 'records' uses builtin:search_knowledge, which mesh.accept_runs.builtins",
+            "mesh.accept_runs.policy.allow_egress",
+        ] {
+            assert!(error.contains(reason), "no '{reason}' in: {error}");
+        }
+        assert!(!error.contains("agent_policy."), "{error}");
+        last_run = outcome["run"].as_str().unwrap().to_owned();
+    }
+    assert!(
+        !nodes[1].home.path().join("mcp-started").exists(),
+        "node-b started the command of a neighbour's refused spec"
+    );
+    assert_eq!(
+        counter(&lan, 1, "edgewise_mesh_placed_runs_refused_total"),
+        3.0
+    );
+    let on_b = audit_of(nodes[1].home.path(), &last_run);
+    assert!(
+        on_b.iter().any(|r| r["kind"] == "placed_run_refused"
+            && r["node"] == "node-b"
+            && r["decision"] == "refused"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("placed by node-a:")
+                    && d.contains("mesh.accept_runs.policy.schemes"))),
+        "{on_b:?}"
+    );
+    // A refusal is an answer: it does not count against b in a's breaker.
+    assert_eq!(mesh_of(&lan, 0)["breakers"]["node-b"], "closed");
+
+    // Within the default: b runs it, and its KV lands in a's scope on b, not in b's own agent's
+    // namespace of the same id, whose value stays as it was.
+    let (status, _, body) = lan.inside(1, || {
+        http_with(
+            PORT,
+            "PUT",
+            "/v1/kv/agent:shift-keeper/shift",
+            "b's own",
+            "Content-Type: application/octet-stream\r\n",
+        )
+    });
+    assert!(status == 200 || status == 201, "{body}");
+    let outcome = run_agent(&lan, 0, "shift-keeper", task);
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert!(all_steps(&outcome, "node", "node-b"), "{outcome}");
+    let stored = outcome["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["tool"] == "kv_set" && s["decision"] == "call")
+        .unwrap_or_else(|| panic!("no kv_set call: {outcome}"));
+    let key = stored["arguments"]["key"]
+        .as_str()
+        .unwrap()
+        .replace(' ', "%20");
+    let path = format!("/v1/kv/mesh:node-a:shift-keeper/{key}");
+    let (status, _, body) = lan.inside(1, || http(PORT, "GET", &path, ""));
+    assert_eq!(status, 200, "GET {path} on node-b: {body}");
+    let (status, _, body) = lan.inside(1, || {
+        http(PORT, "GET", "/v1/kv/agent:shift-keeper/shift", "")
+    });
+    assert_eq!((status, body.as_str()), (200, "b's own"));
+    // b's own audit records of the run say which node placed it.
+    let on_b = audit_of(nodes[1].home.path(), outcome["run"].as_str().unwrap());
+    assert!(
+        on_b.iter()
+            .any(|r| r["kind"] == "run_end" && r["node"] == "node-b" && r["placed_by"] == "node-a"),
+        "{on_b:?}"
+    );
+    assert_eq!(
+        counter(&lan, 1, "edgewise_mesh_placed_runs_refused_total"),
+        3.0
     );
 }
 

@@ -41,6 +41,8 @@ impl Grounding {
                 argument: v.key,
                 nearest: Vec::new(),
                 read_for_other: None,
+                read_there: Vec::new(),
+                retry_numbers: Vec::new(),
             }),
             _ => Ok(()),
         }

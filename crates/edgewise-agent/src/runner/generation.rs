@@ -23,7 +23,10 @@ use crate::AgentError;
 
 impl Agent {
     /// One model turn: on the local engine, or on the cloud endpoint when the local model cannot
-    /// take it and the agent may use the cloud. `Err` is the run's failure message.
+    /// take it and the agent may use the cloud. `Err` is the run's failure message. With
+    /// `answer_numbers`, the turn is a text answer whose digits are only those numbers
+    /// (`answer_with_numbers_grammar`; local engine only).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn generate_step(
         &self,
         messages: &[Value],
@@ -32,6 +35,7 @@ impl Agent {
         choice: &ToolChoice,
         constrained: bool,
         seed: u32,
+        answer_numbers: Option<&[String]>,
     ) -> Result<Generated, String> {
         let spec = &self.spec;
         let temperature = spec.model_config.temperature.unwrap_or(0.2);
@@ -58,7 +62,9 @@ impl Agent {
             seed,
             ..SamplingParams::default()
         };
-        if constrained && !grammar_tools.is_empty() {
+        if let Some(numbers) = answer_numbers {
+            req.constraint = Some(edgewise_infer::answer_with_numbers_grammar(numbers));
+        } else if constrained && !grammar_tools.is_empty() {
             req.constraint = Some(
                 tool_calls_grammar(grammar_tools, choice, self.calls_per_turn())
                     .map_err(|e| format!("tool grammar: {e}"))?,

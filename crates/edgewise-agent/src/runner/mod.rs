@@ -32,7 +32,7 @@ pub(crate) use verdict::collect_strings;
 use verdict::{echoes, shown_again, Verdict};
 
 const CACHE: &str = "edgewise.result-cache";
-const DEFAULT_STEP_TOKENS: u32 = 512;
+const DEFAULT_STEP_TOKENS: u32 = edgewise_core::agent_spec::DEFAULT_MAX_TOKENS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +196,8 @@ pub struct Agent {
     /// `memory.knowledge`: the node's vector memory and embedder.
     knowledge: Arc<crate::knowledge::KnowledgeSlot>,
     embedder: Option<Arc<edgewise_infer::LazyEmbedder>>,
+    /// The neighbour that placed this agent's runs here, if one did (see `cache_key`).
+    placed_by: Option<String>,
 }
 
 impl Agent {
@@ -224,6 +226,7 @@ impl Agent {
             audit_content: ctx.config.audit_content,
             knowledge: ctx.knowledge.clone(),
             embedder: ctx.embedder.clone(),
+            placed_by: ctx.placed_by.clone(),
         }
     }
 
@@ -304,6 +307,8 @@ impl Agent {
     fn audit(&self, mut rec: AuditRecord) -> Result<(), AgentError> {
         rec.node = self.node.clone();
         rec.agent = self.spec.agent_id.clone();
+        // A placed run's records are told apart from this node's own agent of the same id.
+        rec.placed_by = self.placed_by.clone();
         if self.audit_content == AuditContent::Digest {
             rec.arguments = None;
             rec.result = None;
@@ -318,7 +323,13 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(" ")
             .to_lowercase();
-        sha256_hex(format!("{}\n{normalized}", self.spec.agent_id).as_bytes())
+        // A placed run's answers are kept apart from this node's agent of the same id (and from
+        // other neighbours'): one could otherwise read, or plant, another's cached answer.
+        let scope = match &self.placed_by {
+            Some(node) => edgewise_core::placed_kv_namespace(node, &self.spec.agent_id),
+            None => self.spec.agent_id.clone(),
+        };
+        sha256_hex(format!("{scope}\n{normalized}").as_bytes())
     }
 
     fn cached_answer(&self, task: &str) -> Result<Option<String>, AgentError> {
@@ -377,6 +388,7 @@ impl Agent {
             cached: false,
             summaries: 0,
             steps: Vec::new(),
+            placed_by: self.placed_by.clone(),
         };
         emit(StepEvent::Started {
             run: run.clone(),
@@ -498,6 +510,9 @@ impl Agent {
         // After a call that left out values the task asks for: (tool, argument, values) the
         // next turn's grammar requires (`selection::tighten`).
         let mut tightened: Option<(String, String, Vec<String>)> = None;
+        // After an answer refused for a value read for something else: the numbers the next
+        // answer may write (`Ungrounded::retry_numbers`), held to by its grammar.
+        let mut answer_numbers: Option<Vec<String>> = None;
         let seed = opts
             .seed
             .or(spec.model_config.seed)
@@ -527,7 +542,8 @@ impl Agent {
                 .filter(|t| !looping_on.contains(&t.name))
                 .cloned()
                 .collect();
-            let choice = if offered.is_empty() || must_answer {
+            let answer_numbers_now = answer_numbers.take();
+            let choice = if offered.is_empty() || must_answer || answer_numbers_now.is_some() {
                 ToolChoice::None
             } else if step <= opts.force_tool_steps
                 || total_calls < limits.min_tool_calls.min(limits.max_tool_calls)
@@ -579,13 +595,16 @@ impl Agent {
                     &choice,
                     opts.constrained,
                     seed.wrapping_add(step),
+                    answer_numbers_now.as_deref(),
                 )
                 .instrument(span.clone())
                 .await;
             // A tightened grammar the matcher gives up on (llguidance's lexer has a fuel limit)
             // costs the tightening, not the run: the turn is generated again without it.
             let generated = match generated {
-                Err(message) if tightened_now.is_some() && !compose => {
+                Err(message)
+                    if (tightened_now.is_some() || answer_numbers_now.is_some()) && !compose =>
+                {
                     tracing::warn!(%message, "tightened grammar failed; generating without it");
                     self.generate_step(
                         &messages,
@@ -594,6 +613,7 @@ impl Agent {
                         &choice,
                         opts.constrained,
                         seed.wrapping_add(step),
+                        None,
                     )
                     .instrument(span.clone())
                     .await
@@ -670,7 +690,13 @@ impl Agent {
                     if out_of_retries(record, failures, spec, "steps", &hint) {
                         return Ok(());
                     }
-                    conversation.push_feedback(&output, &hint);
+                    match refusal.retry_note() {
+                        Some(note) => {
+                            conversation.push_note(&note);
+                            answer_numbers = Some(refusal.retry_numbers.clone());
+                        }
+                        None => conversation.push_feedback(&output, &hint),
+                    }
                     continue;
                 }
                 rec.decision = "answer".into();
@@ -925,8 +951,11 @@ impl Agent {
             return Ok(Vec::new());
         }
         let runs = self.runs.list(Some(&self.spec.agent_id))?;
+        // Only runs of the same origin: a neighbour's placed runs are not this node's agent's
+        // past (they could plant instructions in it), nor is this node's past theirs to read.
         let done: Vec<_> = runs
             .iter()
+            .filter(|r| r.placed_by == self.placed_by)
             .filter(|r| r.status == RunStatus::Completed && r.answer.is_some())
             .collect();
         let mut out = Vec::new();

@@ -97,23 +97,26 @@ pub(super) fn build(
                 json!({"type": "object", "properties": {}, "additionalProperties": false}),
             ),
         }),
-        "http_request" => Arc::new(HttpTool::free(
-            spec_for(
-                "Send an HTTP request.".into(),
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "url": {"type": "string"},
-                        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "DELETE"]},
-                        "body": {"type": "string"}
-                    },
-                    "required": ["url"],
-                    "additionalProperties": false
-                }),
-            ),
-            ctx.egress.clone(),
-            timeout,
-        )),
+        "http_request" => Arc::new(
+            HttpTool::free(
+                spec_for(
+                    "Send an HTTP request.".into(),
+                    json!({
+                        "type": "object",
+                        "properties": {
+                            "url": {"type": "string"},
+                            "method": {"type": "string", "enum": ["GET", "POST", "PUT", "DELETE"]},
+                            "body": {"type": "string"}
+                        },
+                        "required": ["url"],
+                        "additionalProperties": false
+                    }),
+                ),
+                ctx.egress.clone(),
+                timeout,
+            )
+            .only_schemes(http_schemes(ctx)),
+        ),
         "mqtt_publish" => Arc::new(MqttTool::new(
             spec_for(
                 "Publish a message to an MQTT topic on the local broker.".into(),
@@ -178,6 +181,17 @@ pub(super) fn build(
         }
         other => return Err(format!("no built-in tool '{other}'")),
     })
+}
+
+/// URL schemes `builtin:http_request` may use: both for this node's agents; for a run a
+/// neighbour placed here, only those `mesh.accept_runs.policy.schemes` lists.
+fn http_schemes(ctx: &ToolContext) -> Vec<String> {
+    use edgewise_core::agent_policy::Scheme;
+    [(Scheme::Http, "http"), (Scheme::Https, "https")]
+        .into_iter()
+        .filter(|(s, _)| ctx.placed_by.is_none() || ctx.config.agent_policy.schemes.contains(s))
+        .map(|(_, name)| name.to_owned())
+        .collect()
 }
 
 #[derive(PartialEq)]

@@ -20,6 +20,13 @@ pub struct HttpTool {
     base: Option<Url>,
     egress: EgressPolicy,
     timeout: Duration,
+    /// URL schemes its calls may use.
+    schemes: Vec<String>,
+}
+
+/// What an HTTP tool may use unless told otherwise.
+fn web_schemes() -> Vec<String> {
+    vec!["http".into(), "https".into()]
 }
 
 impl HttpTool {
@@ -35,6 +42,7 @@ impl HttpTool {
             base: Some(base),
             egress,
             timeout,
+            schemes: web_schemes(),
         })
     }
 
@@ -44,7 +52,14 @@ impl HttpTool {
             base: None,
             egress,
             timeout,
+            schemes: web_schemes(),
         }
+    }
+
+    /// Only URLs of `schemes` (a subset of `http`, `https`): a placed run's `http_request` gets
+    /// only those its `mesh.accept_runs.policy.schemes` lists.
+    pub fn only_schemes(self, schemes: Vec<String>) -> Self {
+        Self { schemes, ..self }
     }
 
     fn target(&self, args: &Value) -> Result<Url, ToolError> {
@@ -89,6 +104,17 @@ impl Tool for HttpTool {
             return Err(ToolError::Refused(format!(
                 "only http and https URLs are allowed, not {}",
                 url.scheme()
+            )));
+        }
+        if !self.schemes.iter().any(|s| s == url.scheme()) {
+            return Err(ToolError::Refused(format!(
+                "{} URLs are not allowed here (the policy's schemes list: {})",
+                url.scheme(),
+                if self.schemes.is_empty() {
+                    "none of http, https".to_owned()
+                } else {
+                    self.schemes.join(", ")
+                }
             )));
         }
         let host = url

@@ -68,6 +68,9 @@ pub struct ToolContext {
     pub tools: wasm::ToolsSlot,
     /// The node's vector memory (`builtin:search_knowledge`).
     pub knowledge: Arc<crate::knowledge::KnowledgeSlot>,
+    /// The neighbour that placed this run here, if one did. Its state (KV, cached answers) then
+    /// lives in a scope of that node's, apart from this node's agent of the same id.
+    pub placed_by: Option<String>,
 }
 
 impl ToolContext {
@@ -96,11 +99,18 @@ impl ToolContext {
             embedder: None,
             tools: wasm::ToolsSlot::default(),
             knowledge: Arc::new(crate::knowledge::KnowledgeSlot::new(data.knowledge())),
+            placed_by: None,
         }
     }
 
+    /// The agent's own KV namespace (`builtin:kv_get`/`kv_set`): `agent:<id>` for this node's
+    /// agents, `mesh:<node>:<id>` for a run `node` placed here, so a placed spec that names a
+    /// local agent's id cannot read or overwrite that agent's data.
     pub fn kv_namespace(&self) -> String {
-        format!("agent:{}", self.agent_id)
+        match &self.placed_by {
+            Some(node) => edgewise_core::placed_kv_namespace(node, &self.agent_id),
+            None => format!("agent:{}", self.agent_id),
+        }
     }
 }
 
@@ -115,9 +125,9 @@ pub async fn resolve_destination(
     resolve_checked(host, port, egress)
         .await
         .map_err(|e| match e {
-            EgressError::Denied { .. } | EgressError::Special { .. } => {
-                ToolError::Refused(e.to_string())
-            }
+            EgressError::Denied { .. }
+            | EgressError::Special { .. }
+            | EgressError::Placed { .. } => ToolError::Refused(e.to_string()),
             EgressError::Unresolvable { .. } => ToolError::Failed(e.to_string()),
         })
 }

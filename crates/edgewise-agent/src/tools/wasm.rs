@@ -13,7 +13,7 @@ use edgewise_sandbox::{ChatMessage, HostServices, InferenceOptions, SandboxError
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError};
-use crate::components::{ComponentRegistry, ComponentSource, Target};
+use crate::components::{ComponentRegistry, ComponentSource, PlacedCeiling, Target};
 
 /// The model the agent runs on, set once it is loaded (tools are built before it).
 #[derive(Clone, Default)]
@@ -30,6 +30,8 @@ pub struct ComponentToolAccess {
     pub audit: Arc<edgewise_store::AuditLog>,
     pub node: String,
     pub agent: String,
+    /// The neighbour that placed the agent's run here, if one did (its audit records say so).
+    pub placed_by: Option<String>,
 }
 
 /// Where a `wasm:` endpoint points: a `.wasm` file (relative to the spec) or an installed
@@ -62,6 +64,7 @@ pub(crate) fn connect(
         grants,
         default_memory: spec.runtime.memory_limit.map(|b| b.as_u64()),
         egress: ctx.egress.clone(),
+        placed: placed_ceiling(ctx),
     };
     let component = ctx.components.current(&source).map_err(|e| e.to_string())?;
     if component.kind != edgewise_sandbox::ComponentKind::Tool {
@@ -99,6 +102,36 @@ pub(crate) fn connect(
             }) as Arc<dyn Tool>
         })
         .collect())
+}
+
+/// For a run a neighbour placed here: what its components may keep of their manifests' grants
+/// (`mesh.accept_runs`, whose policy is the context's `agent_policy`, and `mesh.share`).
+fn placed_ceiling(ctx: &ToolContext) -> Option<PlacedCeiling> {
+    ctx.placed_by.as_ref()?;
+    let default = edgewise_core::AcceptRuns::default();
+    let (accept, documents) = match &ctx.config.mesh {
+        Some(m) => (&m.accept_runs, m.share.documents.clone()),
+        None => (&default, Vec::new()),
+    };
+    // Compared with a component's file grants, which are resolved (links followed).
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let scope = edgewise_core::PolicyScope {
+        home: &ctx.home,
+        spec_dir: &ctx.spec_dir,
+    };
+    let file_roots = ctx
+        .config
+        .agent_policy
+        .file_bases(&scope)
+        .iter()
+        .map(|r| canonical(r))
+        .collect();
+    Some(PlacedCeiling {
+        file_roots,
+        network: accept.grants_network(),
+        documents,
+        memory_limit: accept.limits.memory_limit,
+    })
 }
 
 /// One tool of a component; each call runs the component's current version.
@@ -163,7 +196,15 @@ pub struct NodeServices {
     rt: tokio::runtime::Handle,
     broker: String,
     topics: super::mqtt::Topics,
+    /// For a run a neighbour placed here, `mesh:<node>:<agent>`: its components' KV buckets live
+    /// under it, apart from the same components' state of this node's own agents.
+    kv_scope: Option<String>,
+    /// Tokens one completion a component asks for may generate at most.
+    max_tokens: u32,
 }
+
+/// The most tokens a component's completion may ask for on this node.
+const COMPONENT_MAX_TOKENS: u32 = 4096;
 
 impl NodeServices {
     /// Must be called on a Tokio runtime (the one async services run on).
@@ -177,6 +218,24 @@ impl NodeServices {
             rt: tokio::runtime::Handle::current(),
             broker: ctx.config.mqtt_broker_addr("local-broker", 1883),
             topics: super::mqtt::Topics::of(ctx),
+            kv_scope: ctx
+                .placed_by
+                .as_ref()
+                .map(|node| edgewise_core::placed_kv_namespace(node, &ctx.agent_id)),
+            max_tokens: match (&ctx.placed_by, &ctx.config.mesh) {
+                (Some(_), Some(m)) => m.accept_runs.limits.max_tokens.min(COMPONENT_MAX_TOKENS),
+                (Some(_), None) => edgewise_core::PlacedLimits::default().max_tokens,
+                (None, _) => COMPONENT_MAX_TOKENS,
+            },
+        }
+    }
+
+    /// Where a component's bucket `namespace` (`wasm:<component>:<bucket>`) lives: as named for
+    /// this node's agents, under the placing node's scope in a placed run.
+    fn namespace(&self, namespace: &str) -> String {
+        match &self.kv_scope {
+            Some(scope) => format!("{scope}:{namespace}"),
+            None => namespace.to_owned(),
         }
     }
 
@@ -199,7 +258,7 @@ impl NodeServices {
     fn complete(&self, prompt: String, options: &InferenceOptions) -> Result<String, String> {
         let engine = self.engine()?;
         let mut req = GenerateRequest::new(prompt);
-        req.max_tokens = options.max_tokens.unwrap_or(256).min(4096);
+        req.max_tokens = options.max_tokens.unwrap_or(256).min(self.max_tokens);
         req.sampling.temperature = options.temperature.unwrap_or(0.2);
         req.constraint = options.json_schema.clone().map(Constraint::JsonSchema);
         self.rt
@@ -211,22 +270,24 @@ impl NodeServices {
 
 impl HostServices for NodeServices {
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.kv.get(namespace, key).map_err(|e| e.to_string())
+        self.kv
+            .get(&self.namespace(namespace), key)
+            .map_err(|e| e.to_string())
     }
     fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String> {
         self.kv
-            .set(namespace, key, value)
+            .set(&self.namespace(namespace), key, value)
             .map_err(|e| e.to_string())
     }
     fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), String> {
         self.kv
-            .remove(namespace, key)
+            .remove(&self.namespace(namespace), key)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
     fn kv_keys(&self, namespace: &str) -> Result<Vec<String>, String> {
         self.kv
-            .list(namespace)
+            .list(&self.namespace(namespace))
             .map(|kv| kv.into_iter().map(|(k, _)| k).collect())
             .map_err(|e| e.to_string())
     }
@@ -301,6 +362,7 @@ impl HostServices for NodeServices {
                 kind: "component_tool_call".into(),
                 node: access.node.clone(),
                 agent: access.agent.clone(),
+                placed_by: access.placed_by.clone(),
                 tool: Some(name.to_owned()),
                 arguments: Some(args),
                 result: result.as_ref().ok().cloned(),

@@ -26,6 +26,28 @@ pub async fn member(
     advert: Advert,
     handler: Arc<dyn CallHandler>,
 ) -> MeshNode {
+    member_reporting(
+        pki,
+        name,
+        port,
+        connect,
+        advert,
+        handler,
+        &ForgedLog::default(),
+    )
+    .await
+}
+
+/// `member`, reporting forged messages to `forged`.
+pub async fn member_reporting(
+    pki: &std::path::Path,
+    name: &str,
+    port: u16,
+    connect: &[u16],
+    advert: Advert,
+    handler: Arc<dyn CallHandler>,
+    forged: &ForgedLog,
+) -> MeshNode {
     let tls = issue(&pki.join("ca"), name, &pki.join(name)).unwrap();
     let connect: Vec<String> = connect
         .iter()
@@ -37,7 +59,22 @@ pub async fn member(
     ))
     .unwrap();
     let advert = Arc::new(move || advert.clone());
-    MeshNode::join(name, &cfg, &tls, advert, handler)
+    MeshNode::join(name, &cfg, &tls, advert, handler, forged.reporter())
         .await
         .unwrap()
+}
+
+/// The forged messages a member reported.
+#[derive(Clone, Default)]
+pub struct ForgedLog(pub Arc<std::sync::Mutex<Vec<edgewise_mesh::Forged>>>);
+
+impl ForgedLog {
+    pub fn reporter(&self) -> edgewise_mesh::ForgedReporter {
+        let log = self.0.clone();
+        Arc::new(move |f| log.lock().unwrap().push(f))
+    }
+
+    pub fn all(&self) -> Vec<edgewise_mesh::Forged> {
+        self.0.lock().unwrap().clone()
+    }
 }
