@@ -5,6 +5,11 @@
 //! sealed advert; a caller agrees a key with it from a fresh ephemeral key per call and encrypts
 //! the body (ChaCha20-Poly1305); the answer's chunks use a second key from the same agreement, so
 //! only the node whose advert was sealed by its certificate can read the call or write its answer.
+//!
+//! Binding: the request's ciphertext authenticates the exact head it was sealed with (its
+//! associated data), so another member cannot re-seal a call it overheard under its own head;
+//! every answer chunk authenticates the call it answers (the hash of the call as sent) and its
+//! place, and the last chunk says it is the last, so a dropped or cut answer is detected.
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
@@ -80,36 +85,52 @@ fn seq_nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// The first byte of an answer chunk's plaintext: more follow, or this is the last.
+const MORE: u8 = 0;
+const LAST: u8 = 1;
+
 impl CallKeys {
-    pub fn seal_request(&self, body: &[u8]) -> Vec<u8> {
-        seal(&self.request, 0, body)
+    /// The body, bound to `head` (the signed head bytes it goes with).
+    pub fn seal_request(&self, head: &[u8], body: &[u8]) -> Vec<u8> {
+        seal(&self.request, 0, head, body)
     }
 
-    pub fn open_request(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        open(&self.request, 0, sealed)
+    pub fn open_request(&self, head: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        open(&self.request, 0, head, sealed)
     }
 
-    /// Chunk `seq` of the answer: its place is part of the encryption.
-    pub fn seal_chunk(&self, seq: u64, chunk: &[u8]) -> Vec<u8> {
-        seal(&self.answer, seq, chunk)
+    /// Chunk `seq` of the answer to the call whose hash is `call`; `last` for the final one.
+    pub fn seal_chunk(&self, call: &[u8], seq: u64, chunk: &[u8], last: bool) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(chunk.len() + 1);
+        plain.push(if last { LAST } else { MORE });
+        plain.extend_from_slice(chunk);
+        seal(&self.answer, seq, call, &plain)
     }
 
-    pub fn open_chunk(&self, seq: u64, sealed: &[u8]) -> Option<Vec<u8>> {
-        open(&self.answer, seq, sealed)
+    /// Chunk `seq` of the answer to `call`, and whether it is the last.
+    pub fn open_chunk(&self, call: &[u8], seq: u64, sealed: &[u8]) -> Option<(Vec<u8>, bool)> {
+        let mut plain = open(&self.answer, seq, call, sealed)?;
+        let last = match plain.first()? {
+            &MORE => false,
+            &LAST => true,
+            _ => return None,
+        };
+        plain.remove(0);
+        Some((plain, last))
     }
 }
 
-fn seal(key: &LessSafeKey, seq: u64, plain: &[u8]) -> Vec<u8> {
+fn seal(key: &LessSafeKey, seq: u64, aad: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut out = plain.to_vec();
     // Sealing fails only for inputs beyond 256 GiB.
-    let _ = key.seal_in_place_append_tag(seq_nonce(seq), Aad::empty(), &mut out);
+    let _ = key.seal_in_place_append_tag(seq_nonce(seq), Aad::from(aad), &mut out);
     out
 }
 
-fn open(key: &LessSafeKey, seq: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+fn open(key: &LessSafeKey, seq: u64, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let mut buf = sealed.to_vec();
     let plain = key
-        .open_in_place(seq_nonce(seq), Aad::empty(), &mut buf)
+        .open_in_place(seq_nonce(seq), Aad::from(aad), &mut buf)
         .ok()?;
     Some(plain.to_vec())
 }
@@ -122,24 +143,35 @@ mod tests {
     fn only_the_called_node_reads_the_call_and_only_its_answer_is_accepted() {
         let b = KxKey::generate();
         let (keys, eph) = caller_keys(&b.public, "n1").unwrap();
-        let sealed = keys.seal_request(b"prompt");
+        let sealed = keys.seal_request(b"head", b"prompt");
         assert_ne!(&sealed[..6], b"prompt");
         let at_b = callee_keys(&b, &eph, "n1").unwrap();
-        assert_eq!(at_b.open_request(&sealed).unwrap(), b"prompt");
+        assert_eq!(at_b.open_request(b"head", &sealed).unwrap(), b"prompt");
+        // Under another head (a member re-sealing an overheard call as its own): nothing.
+        assert!(at_b.open_request(b"other head", &sealed).is_none());
         // Another node's key reads nothing; nor does the right key with another nonce.
         let x = KxKey::generate();
         assert!(callee_keys(&x, &eph, "n1")
             .unwrap()
-            .open_request(&sealed)
+            .open_request(b"head", &sealed)
             .is_none());
         assert!(callee_keys(&b, &eph, "n2")
             .unwrap()
-            .open_request(&sealed)
+            .open_request(b"head", &sealed)
             .is_none());
-        // Chunks open only in their place.
-        let c = at_b.seal_chunk(3, b"token");
-        assert_eq!(keys.open_chunk(3, &c).unwrap(), b"token");
-        assert!(keys.open_chunk(4, &c).is_none());
+        // Chunks open only in their place, for their call, and say which is the last.
+        let c = at_b.seal_chunk(b"call", 3, b"token", false);
+        assert_eq!(
+            keys.open_chunk(b"call", 3, &c).unwrap(),
+            (b"token".to_vec(), false)
+        );
+        assert!(keys.open_chunk(b"call", 4, &c).is_none());
+        assert!(keys.open_chunk(b"another call", 3, &c).is_none());
+        let end = at_b.seal_chunk(b"call", 4, b"", true);
+        assert_eq!(
+            keys.open_chunk(b"call", 4, &end).unwrap(),
+            (Vec::new(), true)
+        );
         // A low-order point gives no keys.
         assert!(callee_keys(&b, &[0; 32], "n1").is_none());
     }

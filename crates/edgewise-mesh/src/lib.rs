@@ -64,6 +64,10 @@ const ADVERT_FRESH: Duration = Duration::from_secs(5);
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 /// Call nonces remembered for replay checks; when full, calls are refused until old ones age out.
 const MAX_REMEMBERED_CALLS: usize = 65_536;
+/// The share of one sender: a member that floods calls is refused before the others are.
+const MAX_REMEMBERED_PER_SENDER: usize = 8_192;
+/// Longest a claimed name or a reason reported as forged may be (they come from the sender).
+const MAX_REPORTED: usize = 128;
 /// A node warns this long before its own certificate expires.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -104,21 +108,10 @@ fn zenoh_err(e: impl std::fmt::Display) -> MeshError {
     MeshError::Zenoh(e.to_string())
 }
 
-/// Node names become key-expression chunks and certificate names: letters, digits, `.`, `_`, `-`.
+/// Node names become key-expression chunks and certificate names (the rule is core's, which
+/// also checks the names config.yaml gives).
 pub fn check_node_name(name: &str) -> Result<(), MeshError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(MeshError::Config(format!(
-            "node name '{}' is not usable in the mesh: use 1–64 letters, digits, '.', '_' or '-'",
-            name.escape_debug()
-        )))
-    }
+    edgewise_core::config::check_node_name(name).map_err(MeshError::Config)
 }
 
 /// What a node offers, as its neighbours see it.
@@ -251,29 +244,51 @@ struct Keys {
     seen: Mutex<SeenCalls>,
 }
 
+/// Calls answered lately, for replay checks: bounded in all and per sender, so one member
+/// flooding calls fills only its own share.
 #[derive(Default)]
 struct SeenCalls {
-    order: std::collections::VecDeque<(u64, String)>,
+    /// (sealed at, nonce, sender), oldest first by when they were sealed.
+    order: std::collections::BTreeSet<(u64, String, String)>,
     nonces: std::collections::HashSet<String>,
+    per_sender: std::collections::HashMap<String, usize>,
 }
 
 impl SeenCalls {
-    /// Records `nonce`; false if it was seen already or too many calls are remembered.
-    fn first_time(&mut self, nonce: &str, sent_ms: u64, now_ms: u64) -> Result<(), &'static str> {
+    /// Records `nonce` from `sender`; an error if it was seen already or too many calls are
+    /// remembered (in all, or from `sender`).
+    fn first_time(
+        &mut self,
+        sender: &str,
+        nonce: &str,
+        sent_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), &'static str> {
         let horizon = now_ms.saturating_sub(MAX_SKEW.as_millis() as u64);
-        while self.order.front().is_some_and(|(t, _)| *t < horizon) {
-            if let Some((_, n)) = self.order.pop_front() {
-                self.nonces.remove(&n);
+        while let Some(first) = self.order.first().cloned() {
+            if first.0 >= horizon {
+                break;
+            }
+            self.order.remove(&first);
+            self.nonces.remove(&first.1);
+            if let Some(n) = self.per_sender.get_mut(&first.2) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_sender.remove(&first.2);
+                }
             }
         }
         if self.nonces.contains(nonce) {
             return Err("a replayed call (its nonce was seen already)");
         }
-        if self.order.len() >= MAX_REMEMBERED_CALLS {
-            return Err("busy: too many calls to remember for replay checks");
+        let from_sender = self.per_sender.get(sender).copied().unwrap_or(0);
+        if self.order.len() >= MAX_REMEMBERED_CALLS || from_sender >= MAX_REMEMBERED_PER_SENDER {
+            return Err("busy: too many recent calls to remember for replay checks");
         }
         self.nonces.insert(nonce.to_owned());
-        self.order.push_back((sent_ms, nonce.to_owned()));
+        self.order
+            .insert((sent_ms, nonce.to_owned(), sender.to_owned()));
+        *self.per_sender.entry(sender.to_owned()).or_default() += 1;
         Ok(())
     }
 }
@@ -287,11 +302,12 @@ impl Keys {
         sealed_by: Option<String>,
         reason: String,
     ) {
-        tracing::warn!(what, key, claimed, sealed_by = ?sealed_by, %reason, "forged mesh message dropped");
+        let (key, claimed, reason) = (reported(key), reported(claimed), reported(&reason));
+        tracing::debug!(what, key, claimed, sealed_by = ?sealed_by, %reason, "forged mesh message dropped");
         (self.on_forged)(Forged {
             what,
-            key: key.to_owned(),
-            claimed: claimed.to_owned(),
+            key,
+            claimed,
             sealed_by,
             reason,
         });
@@ -303,6 +319,16 @@ impl Keys {
             .certificate_name(env.cert, std::time::SystemTime::now())
             .ok()
     }
+}
+
+/// A sender's string as it may be reported: escaped, at most [`MAX_REPORTED`] characters.
+fn reported(text: &str) -> String {
+    let escaped: String = text.escape_debug().collect();
+    if escaped.chars().count() <= MAX_REPORTED {
+        return escaped;
+    }
+    let cut: String = escaped.chars().take(MAX_REPORTED).collect();
+    format!("{cut}…")
 }
 
 /// Whether `sent_ms` is within the allowed skew of now.
@@ -444,6 +470,15 @@ impl MeshNode {
                     let entry = table
                         .entry(node.to_owned())
                         .or_insert_with(|| PeerEntry::new(false));
+                    // Only newer than the last one taken: a recorded advert replayed later
+                    // changes nothing.
+                    if entry
+                        .advert
+                        .as_ref()
+                        .is_some_and(|old| old.sent_ms >= advert.sent_ms)
+                    {
+                        continue;
+                    }
                     entry.last_seen = Instant::now();
                     entry.advert_at = Some(Instant::now());
                     entry.advert = Some(advert);
@@ -548,7 +583,9 @@ impl MeshNode {
                 let a = e.advert.as_ref()?;
                 // Not measured yet: after the measured ones of the same tier and load.
                 let rtt_us = e.rtt_ms.map_or(u64::MAX, |ms| (ms * 1000.0) as u64);
-                capable(a).then(|| (a.tier, a.waiting + a.active, rtt_us, node.clone()))
+                // The tier follows the advertised role, not a number a member picks for itself.
+                let load = a.waiting.saturating_add(a.active);
+                capable(a).then(|| (a.role.tier(), load, rtt_us, node.clone()))
             })
             .collect();
         found.sort();
@@ -637,11 +674,14 @@ impl MeshNode {
             eph: hex::encode(eph),
         };
         let key = format!("{CALL_PREFIX}{node}");
-        let sealed_body = call_keys.seal_request(body);
+        let head_bytes = wire::head_bytes(&head);
+        let sealed_body = call_keys.seal_request(&head_bytes, body);
+        let payload = wire::seal_request(&self.keys.signer, &head_bytes, &sealed_body);
+        let call = wire::call_hash(&payload);
         let replies = self
             .session
             .get(&key)
-            .payload(wire::seal_request(&self.keys.signer, &head, &sealed_body))
+            .payload(payload)
             .consolidation(ConsolidationMode::None)
             .timeout(timeout)
             .await
@@ -674,7 +714,7 @@ impl MeshNode {
                 }
             };
             let bytes = sample.payload().to_bytes();
-            match verify_head(&self.keys, node, &nonce, &bytes) {
+            match verify_head(&self.keys, node, &nonce, &call, &bytes) {
                 Ok(found) => break found,
                 Err((sealed_by, reason)) => {
                     self.keys.report("reply", &key, node, sealed_by, reason);
@@ -693,7 +733,14 @@ impl MeshNode {
                 let reply = tokio::select! {
                     reply = replies.recv_async() => match reply {
                         Ok(r) => r,
-                        Err(_) => return,
+                        // The query ended before the last chunk: the answer was cut short.
+                        Err(_) => {
+                            let _ = tx.send(Err(MeshError::Remote {
+                                node: name.clone(),
+                                message: "the answer was cut short (no final chunk arrived)".into(),
+                            }));
+                            return;
+                        }
                     },
                     () = &mut gone => {
                         let _ = tx.send(Err(MeshError::Remote {
@@ -706,7 +753,7 @@ impl MeshNode {
                 // Errors after the head are another responder's: the answer goes on.
                 let Ok(sample) = reply.result() else { continue };
                 let bytes = sample.payload().to_bytes();
-                let chunk = match open_chunk(&call_keys, seq, &bytes) {
+                let (chunk, last) = match open_chunk(&call_keys, &call, seq, &bytes) {
                     Ok(chunk) => chunk,
                     Err(reason) => {
                         keys.report("reply", &key, &name, None, reason);
@@ -714,7 +761,10 @@ impl MeshNode {
                     }
                 };
                 seq = seq.saturating_add(1);
-                if tx.send(Ok(chunk)).is_err() {
+                if !chunk.is_empty() && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if last {
                     return;
                 }
             }
@@ -765,6 +815,7 @@ fn verify_head(
     keys: &Keys,
     node: &str,
     nonce: &str,
+    call: &[u8; 32],
     bytes: &[u8],
 ) -> Result<(u16, String), (Option<String>, String)> {
     let (head, env) = match wire::open_reply(bytes) {
@@ -782,7 +833,7 @@ fn verify_head(
             format!("answered by {signer}, not by the called node {node}"),
         ));
     }
-    if head.nonce != nonce {
+    if head.nonce != nonce || head.call != hex::encode(call) {
         return Err((Some(signer), "the head answers another call".into()));
     }
     Ok((head.status, head.content_type))
@@ -791,12 +842,13 @@ fn verify_head(
 /// Body chunk `seq` of an answer: only the called node holds the key it is encrypted with.
 fn open_chunk(
     call_keys: &confidential::CallKeys,
+    call: &[u8; 32],
     seq: u64,
     bytes: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, bool), String> {
     match wire::open_reply(bytes) {
         Ok(wire::Frame::Body(sealed)) => call_keys
-            .open_chunk(seq, sealed)
+            .open_chunk(call, seq, sealed)
             .ok_or_else(|| format!("chunk {seq} of the answer does not open with the call's key")),
         Ok(wire::Frame::Head(..)) => Err("a second head in one answer".into()),
         Err(e) => Err(e.to_string()),
@@ -849,6 +901,7 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>, keys:
         }
     };
     let nonce = head.nonce.clone();
+    let call = wire::call_hash(&payload);
     let sealed_head = |status: u16, content_type: String| {
         wire::seal_head(
             &keys.signer,
@@ -856,16 +909,20 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>, keys:
                 status,
                 content_type,
                 nonce: nonce.clone(),
+                call: hex::encode(call),
             },
         )
     };
     if head.path == PING_PATH {
-        let _ = query
-            .reply(
-                query.key_expr().clone(),
-                sealed_head(204, "text/plain".into()),
-            )
-            .await;
+        let key = query.key_expr().clone();
+        if query
+            .reply(key.clone(), sealed_head(204, "text/plain".into()))
+            .await
+            .is_ok()
+        {
+            let end = call_keys.seal_chunk(&call, 0, &[], true);
+            let _ = query.reply(key, wire::chunk_frame(end)).await;
+        }
         return;
     }
     let span = tracing::info_span!("mesh_call", from = %head.from, method = %head.method, path = %head.path);
@@ -893,13 +950,16 @@ async fn answer(query: zenoh::query::Query, handler: Arc<dyn CallHandler>, keys:
     let mut body = response.body;
     let mut seq = 0u64;
     while let Some(chunk) = body.next().await {
-        let sealed = wire::chunk_frame(call_keys.seal_chunk(seq, &chunk));
+        let sealed = wire::chunk_frame(call_keys.seal_chunk(&call, seq, &chunk, false));
         seq = seq.saturating_add(1);
         if let Err(e) = query.reply(key.clone(), sealed).await {
             tracing::debug!(error = %e, "caller went away mid-answer");
             return;
         }
     }
+    // The last chunk says so: a caller that never gets it knows the answer was cut short.
+    let end = wire::chunk_frame(call_keys.seal_chunk(&call, seq, &[], true));
+    let _ = query.reply(key, end).await;
 }
 
 /// A call's head and body when it is sealed by the node its head names, sealed for this node,
@@ -913,6 +973,15 @@ fn verify_call(
     let (env, head) =
         wire::open_request(payload).map_err(|e| ("?".to_owned(), None, e.to_string()))?;
     let claimed = head.from.clone();
+    // Shapes first (cheap, and they bound what is kept and reported).
+    let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if check_node_name(&head.from).is_err()
+        || check_node_name(&head.to).is_err()
+        || !hex_of(&head.nonce, 32)
+        || !hex_of(&head.eph, 64)
+    {
+        return Err((claimed, keys.sealer(&env), "a malformed call head".into()));
+    }
     let signer = keys
         .verifier
         .verify(&env)
@@ -939,10 +1008,10 @@ fn verify_call(
         .and_then(|eph| confidential::callee_keys(&keys.kx, &eph, &head.nonce))
         .ok_or_else(|| refuse("the call carries no usable key".into()))?;
     let body = call_keys
-        .open_request(env.payload)
-        .ok_or_else(|| refuse("the body is not encrypted to this node".into()))?;
+        .open_request(env.signed, env.payload)
+        .ok_or_else(|| refuse("the body is not encrypted to this node under this head".into()))?;
     lock(&keys.seen)
-        .first_time(&head.nonce, head.sent_ms, now)
+        .first_time(&signer, &head.nonce, head.sent_ms, now)
         .map_err(|e| refuse(e.to_owned()))?;
     Ok((head, body, call_keys))
 }

@@ -33,12 +33,25 @@ pub struct ResponseHead {
     pub content_type: String,
     /// The nonce of the call this answers.
     pub nonce: String,
+    /// The call this answers: [`call_hash`] of its payload as received, hex. The caller takes
+    /// only a head that names the call it sent.
+    pub call: String,
 }
 
-/// The head and the (encrypted) body, signed.
-pub fn seal_request(signer: &Signer, head: &RequestHead, body: &[u8]) -> Vec<u8> {
-    let head = serde_json::to_vec(head).unwrap_or_default();
-    signer.seal(Kind::Call, &head, body)
+/// What identifies one call as sent: the SHA-256 of its whole payload (head, signature, body).
+pub fn call_hash(payload: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(payload).into()
+}
+
+/// The head as it is signed; the body's encryption is bound to exactly these bytes.
+pub fn head_bytes(head: &RequestHead) -> Vec<u8> {
+    serde_json::to_vec(head).unwrap_or_default()
+}
+
+/// The head (as [`head_bytes`]) and the (encrypted) body, signed.
+pub fn seal_request(signer: &Signer, head: &[u8], body: &[u8]) -> Vec<u8> {
+    signer.seal(Kind::Call, head, body)
 }
 
 /// A call's envelope and head, not yet verified.
@@ -101,7 +114,7 @@ mod tests {
             sent_ms: 1,
             eph: "11".into(),
         };
-        let bytes = seal_request(&signer, &head, b"{\"x\":\n1}");
+        let bytes = seal_request(&signer, &head_bytes(&head), b"{\"x\":\n1}");
         let (env, back) = open_request(&bytes).unwrap();
         assert_eq!(back, head);
         assert_eq!(env.payload, b"{\"x\":\n1}");
@@ -109,6 +122,7 @@ mod tests {
             status: 200,
             content_type: "text/event-stream".into(),
             nonce: "00ff".into(),
+            call: hex::encode(call_hash(&bytes)),
         };
         match open_reply(&seal_head(&signer, &rh)).unwrap() {
             Frame::Head(h, _) => assert_eq!(h, rh),

@@ -134,6 +134,7 @@ async fn an_impostor_with_a_valid_certificate_cannot_be_another_node() {
                         status: 200,
                         content_type: "text/plain".into(),
                         nonce: head.nonce,
+                        call: hex::encode(wire::call_hash(&payload)),
                     },
                 );
                 let _ = query.reply(query.key_expr().clone(), reply).await;
@@ -223,13 +224,17 @@ async fn an_impostor_with_a_valid_certificate_cannot_be_another_node() {
         to: "node-a".into(),
         method: "POST".into(),
         path: "/echo".into(),
-        nonce: "feed".into(),
+        nonce: "feed".repeat(8),
         sent_ms: identity::now_ms(),
         eph: hex::encode([9u8; 32]),
     };
     let replies = x
         .get("edgewise/call/node-a")
-        .payload(wire::seal_request(&signer_x, &head, b"open the valve"))
+        .payload(wire::seal_request(
+            &signer_x,
+            &wire::head_bytes(&head),
+            b"open the valve",
+        ))
         .timeout(Duration::from_secs(5))
         .await
         .unwrap();
@@ -243,6 +248,33 @@ async fn an_impostor_with_a_valid_certificate_cannot_be_another_node() {
             .as_deref()
             .is_some_and(|r| r.contains("sealed by node-x")),
         "{refused:?}"
+    );
+    // Re-sealing an overheard call under its own name (same nonce, key and body): node-b refuses
+    // it, as the body is bound to the head it was sent with.
+    let (env, overheard_head) = wire::open_request(&heard[0]).unwrap();
+    let resealed = RequestHead {
+        from: "node-x".into(),
+        ..overheard_head
+    };
+    let replies = x
+        .get("edgewise/call/node-b")
+        .payload(wire::seal_request(
+            &signer_x,
+            &wire::head_bytes(&resealed),
+            env.payload,
+        ))
+        .timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut refusals = Vec::new();
+    while let Ok(reply) = replies.recv_async().await {
+        if let Err(e) = reply.result() {
+            refusals.push(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned());
+        }
+    }
+    assert!(
+        refusals.iter().any(|r| r.contains("under this head")),
+        "{refusals:?}"
     );
     // Replaying a call it overheard (node-a's, sealed for node-b) to node-b: refused too.
     let replay = x

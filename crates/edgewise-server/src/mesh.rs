@@ -56,9 +56,10 @@ pub struct MeshMetrics {
     pub forged: AtomicU64,
 }
 
-/// Forged messages written to the audit log per minute at most; beyond it they are counted only,
-/// so a member flooding forgeries cannot grow the log without bound.
-const FORGED_AUDITS_PER_MINUTE: u32 = 60;
+/// Forged messages of one kind (advert, call, reply) written to the audit log per minute at most;
+/// beyond it they are counted only, so a member flooding forgeries cannot grow the log without
+/// bound, nor use up with junk adverts the budget that would record a forged call.
+const FORGED_AUDITS_PER_MINUTE: u32 = 20;
 
 /// What this node does with a forged mesh message: count it, and write it to the audit log as a
 /// security event (`mesh_forged`, agent `mesh`) naming the key it came on, the node it claimed
@@ -68,7 +69,7 @@ pub fn forged_reporter(
     audit: Option<Arc<edgewise_store::AuditLog>>,
     node: String,
 ) -> edgewise_mesh::ForgedReporter {
-    let window = std::sync::Mutex::new((Instant::now(), 0u32));
+    let window = std::sync::Mutex::new((Instant::now(), std::collections::HashMap::new()));
     Arc::new(move |forged: edgewise_mesh::Forged| {
         let _ = metrics
             .forged
@@ -79,12 +80,13 @@ pub fn forged_reporter(
         {
             let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
             if w.0.elapsed() >= Duration::from_secs(60) {
-                *w = (Instant::now(), 0);
+                *w = (Instant::now(), std::collections::HashMap::new());
             }
-            if w.1 >= FORGED_AUDITS_PER_MINUTE {
+            let written: &mut u32 = w.1.entry(forged.what).or_default();
+            if *written >= FORGED_AUDITS_PER_MINUTE {
                 return;
             }
-            w.1 += 1;
+            *written += 1;
         }
         let record = edgewise_store::AuditRecord {
             kind: "mesh_forged".into(),
