@@ -1016,16 +1016,18 @@ mod tests {
         assert!(err.contains("form"), "{err}");
     }
 
+    /// `mesh.accept_runs` of a config whose `accept_runs:` block is `accept` (indented lines).
+    fn parse(accept: &str) -> Result<AcceptRuns, String> {
+        crate::NodeConfig::parse(
+            &format!("mesh:\n  trust_domain: plant\n  accept_runs:\n{accept}"),
+            Path::new("c.yaml"),
+        )
+        .map(|c| c.mesh.unwrap().accept_runs)
+        .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn accept_runs_limits_parse_with_their_defaults_and_refuse_unknown_keys() {
-        let parse = |accept: &str| {
-            crate::NodeConfig::parse(
-                &format!("mesh:\n  trust_domain: plant\n  accept_runs:\n{accept}"),
-                Path::new("c.yaml"),
-            )
-            .map(|c| c.mesh.unwrap().accept_runs)
-            .map_err(|e| e.to_string())
-        };
         let accept = parse("    limits:\n      max_steps: 4\n      memory_limit: 32MiB\n").unwrap();
         assert_eq!(accept.limits.max_steps, 4);
         assert_eq!(accept.limits.memory_limit, bytesize::ByteSize::mib(32));
@@ -1040,14 +1042,6 @@ mod tests {
 
     #[test]
     fn names_in_accept_runs_are_checked_when_the_config_is_read() {
-        let parse = |accept: &str| {
-            crate::NodeConfig::parse(
-                &format!("mesh:\n  trust_domain: plant\n  accept_runs:\n{accept}"),
-                Path::new("c.yaml"),
-            )
-            .map(|c| c.mesh.unwrap().accept_runs)
-            .map_err(|e| e.to_string())
-        };
         for (accept, says) in [
             ("    builtins: [shell]\n", "no built-in tool 'shell'"),
             ("    builtins: [\"builtin:kv_get\"]\n", "without `builtin:`"),
